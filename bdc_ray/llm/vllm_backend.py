@@ -1,0 +1,66 @@
+"""vLLM backend (GPU). vLLM is imported lazily: the CPU install does not carry it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Completion, Prompt, Sampling, validate_prompts
+
+
+def _import_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "backend 'vllm' needs vLLM, which runs on CUDA GPUs only: install the project with "
+            "the gpu extra (pip install 'bdc-ray[gpu]') on a GPU machine, or use backend "
+            "'transformers' on CPU"
+        ) from e
+    import vllm
+
+    return vllm
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str | Path, dtype: str = "auto", **options: Any) -> None:
+        vllm = _import_vllm()
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=str(model_path), dtype=dtype, **options)
+
+    def _params(self, sampling: Sampling):
+        return self._vllm.SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if not sampling.greedy else 1.0,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+        )
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+        validate_prompts(prompts)
+        params = self._params(sampling)
+        out: list[Completion | None] = [None] * len(prompts)
+        plain = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        if plain:
+            results = self.llm.generate([prompts[i] for i in plain], params, use_tqdm=False)
+            for i, r in zip(plain, results, strict=True):
+                out[i] = _completion(r)
+        if chats:
+            results = self.llm.chat([prompts[i] for i in chats], params, use_tqdm=False)
+            for i, r in zip(chats, results, strict=True):
+                out[i] = _completion(r)
+        return out  # type: ignore[return-value]
+
+
+def _completion(result: Any) -> Completion:
+    o = result.outputs[0]
+    return Completion(
+        text=o.text,
+        prompt_tokens=len(result.prompt_token_ids or []),
+        completion_tokens=len(o.token_ids),
+        finish_reason="length" if o.finish_reason == "length" else "stop",
+    )

@@ -1,0 +1,68 @@
+"""The run directory: how stages hand over (layout in the README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class RunDir:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def results(self) -> Path:
+        return self.eval / "results.json"
+
+    def samples(self, method: str) -> Path:
+        return self.eval / "samples" / f"{method}.jsonl"
+
+    def load_results(self) -> dict[str, Any]:
+        if self.results.is_file():
+            return json.loads(self.results.read_text())
+        return {"methods": {}, "problems": {}}
+
+    def record_method(
+        self, method: str, summary: dict[str, Any], per_problem: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Add (or replace) one method's entry in results.json; other methods are kept."""
+        results = self.load_results()
+        results["methods"][method] = summary
+        for pid, row in per_problem.items():
+            results["problems"].setdefault(pid, {})[method] = row
+        atomic_write_text(self.results, json.dumps(results, indent=1))
+        return results

@@ -1,0 +1,70 @@
+"""What every job shares: argument parsing, config loading, connecting to Ray."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# `python jobs/x.py` and `ray job submit --working-dir .` both run this file as a script:
+# put the project root first on the path so the code next to it is the code that runs.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bdc_ray.config import Config, ConfigError, load_config, save_config  # noqa: E402
+
+log = logging.getLogger("bdc_ray.jobs")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"), help="YAML config")
+    p.add_argument("--run-dir", default=os.environ.get("RUN_DIR", "runs/demo"), help="run directory")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set search.rollouts=8 (repeatable)",
+    )
+    return p
+
+
+def load(args: argparse.Namespace) -> Config:
+    logging.basicConfig(
+        level=os.environ.get("BDC_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    save_config(cfg, Path(args.run_dir) / "config.yaml")
+    return cfg
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster the job was submitted to (RAY_ADDRESS) or a configured address;
+    otherwise start a local Ray sized by `resources`. Reuses an initialised Ray (tests)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # workers import the project from the same root as the driver
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}}
+    address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # a submitted job already carries its runtime env (working_dir); keep it
+        ray.init(address=address)
+    else:
+        ray.init(
+            num_cpus=cfg.resources.num_cpus,
+            num_gpus=cfg.resources.num_gpus,
+            include_dashboard=cfg.resources.include_dashboard,
+            runtime_env=runtime_env,
+        )
