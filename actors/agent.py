@@ -64,7 +64,9 @@ class AgentLLM:
             **self.counters,
         }
 
-    async def generate(self, prompts: list[Prompt], sampling: dict[str, Any] | Sampling) -> list[Completion]:
+    async def generate(
+        self, prompts: list[Prompt], sampling: dict[str, Any] | Sampling
+    ) -> list[Completion]:
         validate_prompts(prompts)
         sp = sampling if isinstance(sampling, Sampling) else Sampling(**sampling)
         if not prompts:

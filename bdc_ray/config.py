@@ -196,7 +196,9 @@ class Config(_Strict):
     def _references(self) -> Config:
         known = ", ".join(sorted(self.models)) or "(none)"
         if self.base_model not in self.models:
-            raise ValueError(f"base_model: unknown model {self.base_model!r}; defined models: {known}")
+            raise ValueError(
+                f"base_model: unknown model {self.base_model!r}; defined models: {known}"
+            )
         names = set()
         for i, agent in enumerate(self.agents):
             if agent.model not in self.models:

@@ -22,7 +22,9 @@ log = logging.getLogger("bdc_ray.jobs")
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"), help="YAML config")
-    p.add_argument("--run-dir", default=os.environ.get("RUN_DIR", "runs/demo"), help="run directory")
+    p.add_argument(
+        "--run-dir", default=os.environ.get("RUN_DIR", "runs/demo"), help="run directory"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -56,13 +58,16 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     # workers import the project from the same root as the driver
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}}
+    runtime_env = {
+        "env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    }
     address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
     if address:
         # a submitted job already carries its runtime env (working_dir); keep it
         ray.init(address=address)
     else:
         ray.init(
+            address="local",  # a new local Ray, even if a stale cluster file says otherwise
             num_cpus=cfg.resources.num_cpus,
             num_gpus=cfg.resources.num_gpus,
             include_dashboard=cfg.resources.include_dashboard,

@@ -35,7 +35,9 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
     test = [problems[i] for i in split.test]
     model_cfg = cfg.models[cfg.base_model]
     start = time.perf_counter()
-    replicas = [create_agent_llm(model_cfg, f"{cfg.base_model}:{i}") for i in range(model_cfg.replicas)]
+    replicas = [
+        create_agent_llm(model_cfg, f"{cfg.base_model}:{i}") for i in range(model_cfg.replicas)
+    ]
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
     chunk = cfg.eval.batch_size
     refs = [

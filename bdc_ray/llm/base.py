@@ -9,10 +9,10 @@ several samples of one prompt repeat it; with a seed the whole batch is reproduc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_tokens tokens whatever the model says (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -64,10 +65,14 @@ def validate_prompts(prompts: list[Prompt]) -> None:
         if not isinstance(p, list) or not p:
             raise TypeError(f"prompts[{i}] must be a string or a non-empty list of messages")
         for j, m in enumerate(p):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                m.get("content"), str
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
             ):
-                raise TypeError(f"prompts[{i}][{j}] must be a message {{'role': str, 'content': str}}")
+                raise TypeError(
+                    f"prompts[{i}][{j}] must be a message {{'role': str, 'content': str}}"
+                )
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -92,7 +97,9 @@ def make_backend(model_cfg: Any) -> Backend:
     if model_cfg.backend == "vllm":
         from .vllm_backend import VLLMBackend
 
-        return VLLMBackend(resolve_model(model_cfg.path), dtype=model_cfg.dtype, **model_cfg.options)
+        return VLLMBackend(
+            resolve_model(model_cfg.path), dtype=model_cfg.dtype, **model_cfg.options
+        )
     if model_cfg.backend == "openai":
         from .openai_backend import OpenAIBackend
 

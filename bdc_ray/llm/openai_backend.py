@@ -50,6 +50,8 @@ class OpenAIBackend:
             common["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             common["seed"] = sampling.seed
+        if sampling.ignore_eos:  # vLLM's extension of the OpenAI API
+            common["extra_body"] = {"ignore_eos": True}
         if isinstance(prompt, str):
             r = self.client.completions.create(prompt=prompt, **common)
             text, reason = r.choices[0].text, r.choices[0].finish_reason

@@ -47,7 +47,11 @@ def salvage(code: str) -> str:
             ast.parse("\n".join(lines))
             return "\n".join(lines)
         except SyntaxError:
-            starts = [i for i, ln in enumerate(lines) if ln.startswith(("def ", "class ", "async def ", "@"))]
+            starts = [
+                i
+                for i, ln in enumerate(lines)
+                if ln.startswith(("def ", "class ", "async def ", "@"))
+            ]
             if len(starts) < 2:
                 return code
             lines = lines[: starts[-1]]

@@ -56,7 +56,9 @@ class TransformersBackend:
         """Text the model sees: chats go through the model's chat template."""
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True
+        )
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
         validate_prompts(prompts)
@@ -73,7 +75,9 @@ class TransformersBackend:
             torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
-            for i, c in zip(idx, self._generate_batch([encoded[i] for i in idx], sampling), strict=True):
+            for i, c in zip(
+                idx, self._generate_batch([encoded[i] for i in idx], sampling), strict=True
+            ):
                 out[i] = c
         return out  # type: ignore[return-value]
 
@@ -87,16 +91,20 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids),
         )
+        if sampling.ignore_eos:  # eos is masked until the budget is spent
+            kwargs["min_new_tokens"] = sampling.max_tokens
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            kwargs.update(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None
+            )
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new = output[:, input_ids.shape[1] :].tolist()
         # rows finished early (eos or a stop string) are filled with the pad token
-        ends = self.eos_ids | {self.tokenizer.pad_token_id}
+        ends = set() if sampling.ignore_eos else self.eos_ids | {self.tokenizer.pad_token_id}
         results = []
         for row, prompt_ids in zip(new, batch, strict=True):
             n, hit_eos = len(row), False

@@ -37,6 +37,7 @@ class VLLMBackend:
             top_p=sampling.top_p if not sampling.greedy else 1.0,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
+            ignore_eos=sampling.ignore_eos,
         )
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:

@@ -1,0 +1,64 @@
+import asyncio
+import time
+
+import pytest
+import ray
+
+from actors.agent import AgentLLM, create_agent_llm
+from bdc_ray.config import ModelConfig
+from bdc_ray.llm.base import Sampling
+
+TINY = ModelConfig(path="tiny-random-llama", max_batch_size=8, batch_wait_ms=50, num_cpus=0.5)
+
+
+def test_concurrent_requests_share_batches_and_keep_their_answers(tiny_backend):
+    agent = AgentLLM(TINY.model_dump(), "local")
+    sp = Sampling(max_tokens=8)
+    prompts = [f"item {i}:" for i in range(6)]
+
+    async def run():
+        return await asyncio.gather(*(agent.generate([p], sp) for p in prompts))
+
+    outs = asyncio.run(run())
+    assert [o[0].text for o in outs] == [c.text for c in tiny_backend.generate(prompts, sp)]
+    info = agent.info()
+    assert info["requests"] == 6 and info["batches"] < 6  # batched, not one call each
+
+
+def test_different_sampling_settings_are_not_mixed():
+    agent = AgentLLM(TINY.model_dump(), "local")
+    greedy, sampled = Sampling(max_tokens=4), Sampling(max_tokens=4, temperature=1.0, seed=1)
+
+    async def run():
+        return await asyncio.gather(agent.generate(["a"], greedy), agent.generate(["a"], sampled))
+
+    asyncio.run(run())
+    assert agent.info()["batches"] == 2
+
+
+def test_agent_actor_on_ray_restarts_after_a_crash(ray_session):
+    actor = create_agent_llm(TINY.model_copy(update={"max_restarts": 2}), "restart-test")
+    sp = Sampling(max_tokens=6)
+    first = ray.get(actor.generate.remote(["def f():"], sp))
+    assert ray.get(actor.info.remote())["name"] == "restart-test"
+    ray.kill(actor, no_restart=False)  # simulate a crash; Ray restarts the actor
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            again = ray.get(actor.generate.remote(["def f():"], sp), timeout=60)
+            break
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert again[0].text == first[0].text
+    assert ray.get(actor.info.remote())["requests"] == 1  # a fresh process after the restart
+    ray.kill(actor)
+
+
+def test_bad_prompts_fail_the_call_not_the_actor(ray_session):
+    actor = create_agent_llm(TINY, "bad-input-test")
+    with pytest.raises(TypeError, match=r"prompts\[0\]"):
+        ray.get(actor.generate.remote([42], Sampling()))
+    assert ray.get(actor.generate.remote(["ok"], Sampling(max_tokens=2)))
+    ray.kill(actor)

@@ -1,0 +1,59 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    from bdc_ray.llm.models import ensure_tiny
+
+    return ensure_tiny()
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path():
+    from bdc_ray.llm.models import ensure_embedded
+
+    return ensure_embedded()
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_path):
+    from bdc_ray.llm.transformers_backend import TransformersBackend
+
+    # BDC_TEST_DTYPE lets the GPU check run the same tests in float32 and bfloat16
+    return TransformersBackend(
+        tiny_model_path, max_batch_size=8, dtype=os.environ.get("BDC_TEST_DTYPE", "auto")
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for the whole test session (ray.init costs 10-20 s here)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

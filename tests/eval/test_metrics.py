@@ -1,0 +1,29 @@
+from itertools import combinations
+
+import pytest
+
+from bdc_ray.eval import mean_pass_at_k, pass_at_k, pass_rate
+
+
+@pytest.mark.parametrize(
+    "n,c,k", [(5, 0, 1), (5, 2, 1), (5, 2, 2), (6, 3, 4), (10, 9, 3), (4, 4, 2)]
+)
+def test_pass_at_k_matches_enumeration(n, c, k):
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(combinations(samples, k))
+    expected = sum(any(s) for s in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_1_is_fraction_correct_and_bad_input_is_refused():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert mean_pass_at_k([(2, 1), (2, 2)], 1) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+def test_pass_rate():
+    assert pass_rate([True, False, True, True]) == 0.75
+    assert pass_rate([]) == 0.0

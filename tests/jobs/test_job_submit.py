@@ -1,0 +1,99 @@
+"""`ray job submit` of jobs/full.py to a local head started with `ray start --head`."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args, env, timeout=300):
+    return subprocess.run(
+        [str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def head(tmp_path):
+    port, dash = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_AUTH_MODE"] = "token"  # Ray 2.60's token auth: clients must say so
+    # --block keeps every head process in this process group, so teardown can end exactly
+    # this cluster (`ray stop` would also stop the test session's own Ray)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while _ray("job", "list", "--address", address, env=env, timeout=60).returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the Ray head did not come up")
+        time.sleep(1)
+    yield address, env
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_job_submit_runs_the_zero_shot_job_and_lists_it(head, tmp_path):
+    address, env = head
+    run = tmp_path / "run"
+    sub = _ray(
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--",
+        sys.executable,
+        "jobs/full.py",
+        "--run-dir",
+        str(run),
+        "--set",
+        "data.max_test=2",
+        "--set",
+        "models.smollm2.path=tiny-random-llama",
+        "--set",
+        "eval.max_tokens=8",
+        env=env,
+    )
+    assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
+    assert "base_zero_shot pass@1 = 0.000 on 2 test problems" in sub.stdout
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["methods"]["base_zero_shot"]["n"] == 2
+    listed = _ray("job", "list", "--address", address, env=env)
+    assert (
+        listed.returncode == 0 and "SUCCEEDED" in listed.stdout and "jobs/full.py" in listed.stdout
+    )
