@@ -1,0 +1,372 @@
+"""What runs inside a sandboxed process, after the template forked it.
+
+Order matters: limits and identity are set before any untrusted byte runs; from then on an
+audit hook (PEP 578; it cannot be removed) refuses frame and object-graph introspection,
+ctypes, process creation, signals to other processes, sockets and writes outside the run's
+directory. The verdict of each function test goes out on a pipe, tagged with a per-test nonce
+that the supervisor chose; the program never holds a reference to the nonces (they live in
+this module's local variables, reachable only through frames, which the hook refuses), so
+printing, exiting early, or writing to the pipe cannot forge a pass.
+"""
+
+from __future__ import annotations
+
+import _thread
+import builtins
+import os
+import resource
+import signal
+import sys
+from typing import Any
+
+# exact types a candidate may return: containers of these are walked, anything else (a class
+# whose __eq__ always answers True, a subclass of int...) is refused before a test compares it
+_PLAIN = (int, float, str, bool, type(None), complex, bytes)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_BLOCKED_PREFIXES = (
+    "ctypes.",
+    "socket.",
+    "gc.get_",
+    "subprocess.",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "winreg.",
+    "_winapi.",
+)
+_BLOCKED = {
+    "sys._getframe",
+    "sys._current_frames",
+    "sys._current_exceptions",
+    "sys.settrace",
+    "sys.setprofile",
+    "sys.addaudithook",
+    "os.fork",
+    "os.forkpty",
+    "os.system",
+    "os.kill",
+    "os.killpg",
+    "os.startfile",
+    "pty.spawn",
+    "object.__getattr__",
+    "code.__new__",
+    "function.__new__",
+    "cpython.PyInterpreterState_New",
+    "cpython.run_file",
+}
+_PATH_EVENTS = {
+    "os.remove",
+    "os.rename",
+    "os.mkdir",
+    "os.rmdir",
+    "os.chmod",
+    "os.chown",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.move",
+    "os.chdir",
+    "os.chroot",
+}
+_BLOCKED_MODULES = {"ctypes", "_ctypes", "cffi", "_posixsubprocess", "multiprocessing"}
+
+
+class _TestTimeout(BaseException):
+    """Raised by the per-test alarm; a BaseException so `except Exception` does not eat it."""
+
+
+class UntrustedReturn(Exception):
+    pass
+
+
+def apply_limits(limits: dict[str, Any]) -> None:
+    def cap(res: int, value: int) -> None:
+        try:
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError):
+            pass
+
+    cap(resource.RLIMIT_CPU, int(limits["cpu_s"]))
+    cap(resource.RLIMIT_AS, int(limits["memory_mb"]) << 20)
+    cap(resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20)
+    cap(resource.RLIMIT_NOFILE, int(limits["open_files"]))
+    cap(resource.RLIMIT_CORE, 0)
+    if limits.get("uid") is not None:
+        cap(resource.RLIMIT_NPROC, int(limits["processes"]))
+
+
+def drop_privileges(uid: int | None) -> None:
+    if uid is None or os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def scrub_environment(tmpdir: str) -> None:
+    keep = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": tmpdir,
+        "TMPDIR": tmpdir,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    os.environ.clear()
+    os.environ.update(keep)
+
+
+def _install_guard(tmpdir: str, state: dict) -> None:
+    root = os.path.realpath(tmpdir) + os.sep
+
+    def inside(path: Any) -> bool:
+        if isinstance(path, int):
+            return True  # an already-open descriptor: opening it was checked
+        try:
+            p = os.fsdecode(path)
+        except TypeError:
+            return False
+        full = os.path.realpath(p if os.path.isabs(p) else os.path.join(root, p))
+        return (full + os.sep).startswith(root)
+
+    main = _thread.get_ident()
+
+    def hook(event: str, args: tuple) -> None:
+        if not state["armed"]:
+            return
+        if (
+            event == "object.__getattr__"
+            and state["formatting"]
+            and args[1] in ("tb_frame", "f_code")
+            and _thread.get_ident() == main
+        ):
+            return
+        if event in _BLOCKED or event.startswith(_BLOCKED_PREFIXES):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "import" and args[0].split(".")[0] in _BLOCKED_MODULES:
+            raise PermissionError(f"sandbox: importing {args[0]} is not allowed")
+        if event == "open":
+            path, mode, flags = args[0], args[1], args[2]
+            writing = (mode and any(c in str(mode) for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            )
+            p = os.fsdecode(path) if isinstance(path, str | bytes) else ""
+            if p.startswith("/proc") and not p.startswith("/proc/self/stat"):
+                raise PermissionError("sandbox: /proc is not readable")
+            if writing and not inside(path):
+                raise PermissionError(f"sandbox: writing outside the run directory ({p})")
+        elif event in _PATH_EVENTS:
+            for a in args[:2]:
+                if isinstance(a, str | bytes | os.PathLike) and not inside(a):
+                    raise PermissionError(f"sandbox: {event} outside the run directory")
+
+    sys.addaudithook(hook)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if t in _CONTAINERS and depth < 20:
+        items = value.items() if t is dict else value
+        if t is dict:
+            return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in items)
+        return all(_plain(v, depth + 1) for v in items)
+    return False
+
+
+def _safe_repr(value: Any, limit: int = 300) -> str:
+    """repr of plain values only: no program code runs while feedback is formatted."""
+    if not _plain(value):
+        return f"<{type(value).__name__} object>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_TYPE_NAME = type.__dict__["__name__"]
+_EXC_ARGS = BaseException.__dict__["args"]
+
+
+def _classify(exc: BaseException, state: dict, per_test: float) -> tuple[str, dict]:
+    """Status of a test from what it raised; reads the exception without running its code."""
+    if isinstance(exc, _TestTimeout):
+        return "timeout", {"error": f"the test ran past {per_test:g} s"}
+    if isinstance(exc, MemoryError):
+        return "memory", {"error": "MemoryError"}
+    if isinstance(exc, AssertionError):
+        return "failed", {"error": _describe(exc, state)}
+    return "error", {"error": _describe(exc, state)}
+
+
+def _describe(exc: BaseException, state: dict, limit: int = 600) -> str:
+    """Type, plain arguments and the program/test lines of a traceback. Attributes are read
+    through the base descriptors, so an exception class of the program cannot run code here."""
+    args = _EXC_ARGS.__get__(exc)
+    shown = ", ".join(_safe_repr(a, 200) for a in args) if type(args) is tuple else ""
+    name = _TYPE_NAME.__get__(type(exc), type)
+    head = f"{name}({shown})" if shown else name
+    lines = []
+    # tb_frame may be read in this window, by this thread only; signals wait, so no handler of
+    # the program runs inside it; nothing read here calls program code
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    state["formatting"] = True
+    try:
+        tb = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_filename in ("<program>", "<test>"):
+                lines.append(f"{code.co_filename} line {tb.tb_lineno} in {code.co_name}")
+            tb = tb.tb_next
+    finally:
+        state["formatting"] = False
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    text = head + ("\n  " + "\n  ".join(lines[-4:]) if lines else "")
+    return text[:limit]
+
+
+def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, dict]]:
+    """The modules the tests use (and builtins): a program that patches `math.isclose` or
+    `builtins.abs` to fake a pass has its change undone before each test."""
+    import importlib
+
+    snap = {}
+    for name in ["builtins", *names]:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a test importing a missing module fails by itself
+            continue
+        snap[name] = (mod, dict(mod.__dict__))
+    return snap
+
+
+def _restore_modules(snap: dict[str, tuple[Any, dict]]) -> None:
+    """Undo what the program did to already-loaded modules (builtins, math, ...)."""
+    for name, (mod, saved) in snap.items():
+        if sys.modules.get(name) is not mod:
+            sys.modules[name] = mod
+        d = mod.__dict__
+        if len(d) != len(saved) or any(d.get(k, saved) is not v for k, v in saved.items()):
+            d.clear()
+            d.update(saved)
+
+
+def run_function(req: dict[str, Any], vfd: int) -> None:
+    """Run the program, then each test; write `<nonce> <status> <feedback>` per test."""
+    import json
+
+    nonces = req.pop("nonces")
+    tests = req["tests"]
+    per_test = float(req["limits"]["test_timeout_s"])
+    state = {"armed": False, "formatting": False}
+
+    def emit(i: int, status: str, info: dict) -> None:
+        line = f"{nonces[i]} {status} {json.dumps(info)}\n".encode()
+        os.write(vfd, line)
+
+    # trusted helpers from the prompt (HumanEval tests may call them, e.g. `poly`): the program
+    # may redefine them, the tests still get the prompt's own
+    helpers: dict[str, Any] = {"__name__": "__helpers__", "__builtins__": builtins}
+    if req.get("prompt"):
+        try:
+            exec(compile(req["prompt"], "<prompt>", "exec"), helpers)
+        except BaseException:  # noqa: BLE001 - a prompt that does not run gives no helpers
+            helpers = {}
+        helpers.pop(req["entry_point"], None)
+    helpers = {k: v for k, v in helpers.items() if not k.startswith("__")}
+    preamble = compile(req.get("preamble") or "", "<test>", "exec")
+    compiled = [
+        (
+            compile("\n".join(t.get("setup", [])) or "pass", "<test>", "exec"),
+            compile(t["code"], "<test>", "exec"),
+        )
+        for t in tests
+    ]
+    snap = _snapshot_modules(req.get("test_modules", []))
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _TestTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    _install_guard(req["tmpdir"], state)
+    program_ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    state["armed"] = True
+    signal.setitimer(signal.ITIMER_REAL, per_test)
+    try:
+        exec(compile(req["program"], "<program>", "exec"), program_ns)
+        load_error = None
+    except BaseException as e:  # noqa: BLE001 - SystemExit and friends are program errors
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        status, info = _classify(e, state, per_test)
+        info["error"] = "while loading the program: " + info.get("error", "")
+        load_error = ("error" if status == "failed" else status, info)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    # the hook stays armed from here to the end of the process: the harness code below needs
+    # nothing it refuses, and a program thread or signal handler never meets an open window
+    candidate = program_ns.get(req["entry_point"])
+    if load_error is None and not callable(candidate):
+        load_error = ("error", {"error": f"the program defines no function {req['entry_point']}"})
+    if load_error is not None:
+        for i in range(len(tests)):
+            emit(i, *load_error)
+        return
+    last = {"value": None, "set": False}
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        value = candidate(*args, **kwargs)
+        if not _plain(value):
+            raise UntrustedReturn(
+                f"returned a {type(value).__name__}; only plain values (numbers, strings, "
+                "lists, tuples, dicts, sets, None) are compared"
+            )
+        last["value"], last["set"] = value, True
+        return value
+
+    for i, ((setup, code), test) in enumerate(zip(compiled, tests, strict=True)):
+        _restore_modules(snap)
+        ns = dict(program_ns)
+        ns.update(helpers)
+        ns["candidate"] = guarded
+        ns["__builtins__"] = builtins
+        last["set"] = False
+        status, info = "passed", {}
+        signal.setitimer(signal.ITIMER_REAL, per_test)
+        try:
+            exec(preamble, ns)
+            exec(setup, ns)
+            exec(code, ns)
+        except BaseException as e:  # noqa: BLE001 - classified below, disarmed first
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            status, info = _classify(e, state, per_test)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if status != "passed" and last["set"]:
+            info["got"] = _safe_repr(last["value"])
+        emit(i, status, info)
+
+
+def run_stdio(req: dict[str, Any]) -> None:
+    """Run the program as __main__ with stdin/stdout already redirected to files."""
+    state = {"armed": False, "formatting": False}
+    _install_guard(req["tmpdir"], state)
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    code = compile(req["program"], "<program>", "exec")
+    state["armed"] = True
+    try:
+        exec(code, ns)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            sys.stdout.flush()
+            os._exit(1)
+    except MemoryError:
+        sys.stdout.flush()
+        os._exit(3)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            sys.stderr.write(_describe(e, state) + "\n")
+        finally:
+            sys.stdout.flush()
+            os._exit(1)
+    sys.stdout.flush()

@@ -1,0 +1,474 @@
+"""The trusted side: runs untrusted programs against tests through the warm template.
+
+    sb = Sandbox(concurrency=4)
+    result = sb.check(program, problem, tests="public")   # or "hidden", "all", [TestCase]
+    result.passed, result.pass_rate, result.status, result.tests[i].feedback
+
+Thread-safe: `concurrency` runs proceed at once, each in its own slot (its own uid when the
+host lets us drop privileges, so runs cannot signal or read each other). The template is
+restarted if it dies; a run that was in flight then reports `killed`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import queue
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..data.problems import Problem, TestCase
+from .protocol import recv_msg, send_msg
+
+log = logging.getLogger(__name__)
+
+Status = Literal["passed", "failed", "error", "timeout", "memory", "killed"]
+_SEVERITY = ["killed", "timeout", "memory", "error", "failed"]
+_BASE_UID = 62000  # slot uids: 62000, 62001, ... (no passwd entry needed)
+
+
+@dataclass(frozen=True)
+class Limits:
+    test_timeout_s: float = 3.0  # per test
+    total_timeout_s: float = 10.0  # whole program (all its tests), wall clock
+    memory_mb: int = 1024  # address space
+    file_mb: int = 16  # largest file (stdout included)
+    open_files: int = 64
+    processes: int = 32  # per run uid (threads count)
+    output_chars: int = 4096  # kept of stdout/stderr and feedback
+
+
+@dataclass
+class TestResult:
+    index: int
+    status: Status
+    feedback: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@dataclass
+class CheckResult:
+    status: Status
+    tests: list[TestResult]
+    wall_s: float
+    stdout: str = ""
+    stderr: str = ""
+    exit: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.tests) and all(t.passed for t in self.tests)
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(t.passed for t in self.tests) / len(self.tests) if self.tests else 0.0
+
+    def feedback(self, max_tests: int = 3) -> str:
+        """Verbal feedback of the failing tests, for reflection prompts."""
+        bad = [t for t in self.tests if not t.passed][:max_tests]
+        return "\n\n".join(f"test {t.index}: {t.status}\n{t.feedback}".strip() for t in bad)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"], d["pass_rate"] = self.passed, self.pass_rate
+        for t in d["tests"]:
+            t["passed"] = t["status"] == "passed"
+        return d
+
+
+def _worst(statuses: list[str]) -> Status:
+    for s in _SEVERITY:
+        if s in statuses:
+            return s  # type: ignore[return-value]
+    return "passed"
+
+
+def _test_modules(codes: list[str]) -> list[str]:
+    names: set[str] = set()
+    for code in codes:
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+    return sorted(names)
+
+
+def _exit_info(status: int | None) -> dict[str, Any]:
+    if status is None:
+        return {"known": False}
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {
+            "signal": sig,
+            "name": signal.Signals(sig).name
+            if sig in signal.Signals._value2member_map_
+            else str(sig),
+        }
+    return {"code": os.waitstatus_to_exitcode(status)}
+
+
+def _normalise(text: str) -> list[str]:
+    return text.split()
+
+
+class Sandbox:
+    def __init__(
+        self,
+        concurrency: int | None = None,
+        limits: Limits | None = None,
+        namespaces: bool = True,
+        drop_privileges: bool = True,
+        root_dir: str | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.concurrency = concurrency or max(1, os.cpu_count() or 1)
+        self.namespaces = namespaces
+        self.drop = drop_privileges and os.geteuid() == 0
+        self.root = Path(tempfile.mkdtemp(prefix="bdc-sandbox-", dir=root_dir))
+        os.chmod(self.root, 0o711)  # run uids may enter their own folder, not list others
+        self._slots: queue.Queue[int] = queue.Queue()
+        for i in range(self.concurrency):
+            self._slots.put(i)
+        self._send_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._waiters: dict[str, list] = {}
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self.isolation: dict[str, Any] = {}
+        self._start()
+
+    # ------------------------------------------------------------------ template lifecycle
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = str(Path(__file__).resolve().parents[2])
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": root,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bdc_ray.sandbox.zygote",
+                str(child.fileno()),
+                json.dumps({"namespaces": self.namespaces}),
+            ],
+            pass_fds=[child.fileno()],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child.close()
+        parent.settimeout(60)
+        ready, _ = recv_msg(parent)
+        parent.settimeout(None)
+        self._sock = parent
+        iso = dict(ready["isolation"])
+        iso.update(
+            fresh_process_per_program="fork of a warm template",
+            privilege_drop=self.drop,
+            rlimits=["cpu", "address_space", "file_size", "open_files"]
+            + (["processes"] if self.drop else []),
+            audit_hook=True,
+            scrubbed_environment=True,
+            temp_dir_per_run=True,
+        )
+        self.isolation = iso
+        missing = [
+            k for k in ("net_namespace", "pid_namespace", "privilege_drop") if not iso.get(k)
+        ]
+        if missing:
+            log.warning("sandbox isolation degraded on this host: no %s", ", ".join(missing))
+        threading.Thread(
+            target=self._reader, args=(parent,), daemon=True, name="sandbox-reader"
+        ).start()
+
+    def _reader(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                msg, _ = recv_msg(sock)
+            except (EOFError, OSError, ValueError):
+                break
+            waiter = self._waiters.get(msg.get("id"))
+            if waiter is not None:
+                waiter[1] = msg.get("status")
+                waiter[0].set()
+        # the template died: wake everyone still waiting
+        for waiter in list(self._waiters.values()):
+            waiter[0].set()
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _ensure(self) -> None:
+        if self._alive():
+            return
+        with self._start_lock:
+            if not self._alive():
+                log.warning("sandbox template died; restarting it")
+                self._stop_template()
+                self._start()
+
+    def _stop_template(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self._proc.wait(10)
+
+    def close(self) -> None:
+        self._stop_template()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ one run
+    def _launch(self, req: dict, slot: int, tmpdir: Path, deadline_s: float) -> tuple[bytes, dict]:
+        """Start one run and collect its verdict stream until EOF or the deadline."""
+        self._ensure()
+        rid = secrets.token_hex(8)
+        req.update(op="run", id=rid, tmpdir=str(tmpdir))
+        waiter = [threading.Event(), None]
+        self._waiters[rid] = waiter
+        r, w = os.pipe()
+        try:
+            with self._send_lock:
+                send_msg(self._sock, req, [w])
+        except OSError:
+            os.close(r)
+            os.close(w)
+            self._waiters.pop(rid, None)
+            return b"", {"known": False, "error": "the sandbox template is gone"}
+        os.close(w)
+        data, timed_out = bytearray(), False
+        end = time.monotonic() + deadline_s
+        try:
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                ready, _, _ = select.select([r], [], [], left)
+                if not ready:
+                    continue
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                if len(data) < 1 << 20:  # a program flooding the pipe gains nothing
+                    data += chunk
+        finally:
+            os.close(r)
+        if timed_out:
+            with self._send_lock:
+                try:
+                    send_msg(self._sock, {"op": "kill", "id": rid})
+                except OSError:
+                    pass
+        waiter[0].wait(deadline_s + 10 if not timed_out else 15)
+        self._waiters.pop(rid, None)
+        info = _exit_info(waiter[1])
+        info["timed_out"] = timed_out
+        return bytes(data), info
+
+    def _slot(self) -> tuple[int, Path, int | None]:
+        slot = self._slots.get()
+        uid = _BASE_UID + slot if self.drop else None
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"run{slot}-", dir=self.root))
+        if uid is not None:
+            os.chown(tmpdir, uid, uid)
+        return slot, tmpdir, uid
+
+    def _release(self, slot: int, tmpdir: Path) -> None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        self._slots.put(slot)
+
+    def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
+        lim = asdict(self.limits)
+        lim["cpu_s"] = int(timeout) + 1
+        lim["uid"] = uid
+        return lim
+
+    def _read(self, path: Path) -> str:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(self.limits.output_chars).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ public API
+    def check(
+        self,
+        program: str,
+        problem: Problem,
+        tests: Literal["all", "public", "hidden"] | list[TestCase] = "all",
+    ) -> CheckResult:
+        chosen = {
+            "all": problem.tests,
+            "public": problem.public_tests,
+            "hidden": problem.hidden_tests,
+        }.get(
+            tests,
+            tests,  # type: ignore[arg-type]
+        )
+        if problem.kind == "function":
+            return self.check_function(
+                program,
+                problem.entry_point or "",
+                chosen,
+                preamble=problem.test_preamble,
+                prompt=problem.prompt,
+            )
+        return self.check_stdio(program, chosen)
+
+    def check_function(
+        self,
+        program: str,
+        entry_point: str,
+        tests: list[TestCase],
+        preamble: str = "",
+        prompt: str = "",
+    ) -> CheckResult:
+        if not tests:
+            raise ValueError("no tests to run")
+        start = time.perf_counter()
+        deadline = min(self.limits.total_timeout_s, self.limits.test_timeout_s * len(tests) + 1.0)
+        nonces = [secrets.token_hex(16) for _ in tests]
+        slot, tmpdir, uid = self._slot()
+        try:
+            req = {
+                "kind": "function",
+                "program": program,
+                "entry_point": entry_point,
+                "prompt": prompt,
+                "preamble": preamble,
+                "tests": [{"code": t.code, "setup": list(t.setup)} for t in tests],
+                "test_modules": _test_modules(
+                    [preamble] + [t.code for t in tests] + [s for t in tests for s in t.setup]
+                ),
+                "nonces": nonces,
+                "limits": self._limits(uid, deadline),
+            }
+            data, info = self._launch(req, slot, tmpdir, deadline + 1.0)
+            stdout, stderr = self._read(tmpdir / "stdout"), self._read(tmpdir / "stderr")
+        finally:
+            self._release(slot, tmpdir)
+        index = {n: i for i, n in enumerate(nonces)}
+        verdicts: dict[int, TestResult] = {}
+        for line in data.decode("utf-8", "replace").splitlines():
+            nonce, _, rest = line.partition(" ")
+            i = index.get(nonce)
+            if i is None or i in verdicts:
+                continue  # not written by the harness: ignored
+            status, _, payload = rest.partition(" ")
+            if status not in ("passed", "failed", "error", "timeout", "memory"):
+                continue
+            try:
+                fb = json.loads(payload) if payload else {}
+            except json.JSONDecodeError:
+                fb = {}
+            text = "\n".join(f"{k}: {v}" for k, v in fb.items())
+            verdicts[i] = TestResult(
+                i, status, f"test: {tests[i].code}\n{text}"[: self.limits.output_chars]
+            )  # type: ignore[arg-type]
+        missing_status, why = self._missing(info)
+        results = [
+            verdicts.get(i) or TestResult(i, missing_status, f"test: {t.code}\n{why}")
+            for i, t in enumerate(tests)
+        ]
+        return CheckResult(
+            status=_worst([r.status for r in results]),
+            tests=results,
+            wall_s=time.perf_counter() - start,
+            stdout=stdout,
+            stderr=stderr,
+            exit=info,
+        )
+
+    @staticmethod
+    def _missing(info: dict[str, Any]) -> tuple[Status, str]:
+        if info.get("timed_out") or info.get("name") == "SIGXCPU":
+            return "timeout", "not run: the program ran past its time limit and was killed"
+        if "signal" in info:
+            return "killed", f"not run: the process died of {info['name']}"
+        if info.get("code") == 70:
+            return "error", "not run: the sandbox could not set up the run"
+        return "killed", f"not run: the process ended early (exit {info.get('code', '?')})"
+
+    def check_stdio(self, program: str, tests: list[TestCase]) -> CheckResult:
+        if not tests:
+            raise ValueError("no tests to run")
+        start = time.perf_counter()
+        results, last = [], {}
+        out_all, err_all = "", ""
+        for i, t in enumerate(tests):
+            slot, tmpdir, uid = self._slot()
+            try:
+                stdin = tmpdir / "stdin"
+                stdin.write_text(t.input)
+                if uid is not None:
+                    os.chown(stdin, uid, uid)
+                timeout = self.limits.test_timeout_s
+                req = {"kind": "stdio", "program": program, "limits": self._limits(uid, timeout)}
+                _, info = self._launch(req, slot, tmpdir, timeout)
+                out, err = self._read(tmpdir / "stdout"), self._read(tmpdir / "stderr")
+            finally:
+                self._release(slot, tmpdir)
+            last, out_all, err_all = info, out_all or out, err_all or err
+            shown = f"input: {t.input[:200]!r}\nexpected: {t.output[:200]!r}\ngot: {out[:200]!r}"
+            if info.get("timed_out") or info.get("name") == "SIGXCPU":
+                results.append(TestResult(i, "timeout", shown + f"\nerror: ran past {timeout:g} s"))
+            elif info.get("code") == 3:
+                results.append(TestResult(i, "memory", shown + "\nerror: MemoryError"))
+            elif "signal" in info:
+                results.append(TestResult(i, "killed", shown + f"\nerror: died of {info['name']}"))
+            elif info.get("code", 0) != 0:
+                results.append(TestResult(i, "error", shown + f"\nerror: {err[-600:]}"))
+            elif out == t.output or _normalise(out) == _normalise(t.output):
+                results.append(TestResult(i, "passed", ""))
+            else:
+                results.append(TestResult(i, "failed", shown))
+        return CheckResult(
+            status=_worst([r.status for r in results]),
+            tests=results,
+            wall_s=time.perf_counter() - start,
+            stdout=out_all,
+            stderr=err_all,
+            exit=last,
+        )

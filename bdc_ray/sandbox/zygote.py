@@ -1,0 +1,220 @@
+"""The warm template: a small, single-threaded Python process that forks one child per run.
+
+Started by the supervisor with a scrubbed environment. At start it moves itself into fresh
+network and PID namespaces where the host allows (then it is PID 1 there: when it dies, the
+kernel kills every process a program left behind) and imports the modules programs commonly
+use, so a run costs a fork, not an interpreter start.
+
+Protocol on the control socket (length-prefixed JSON; a run also carries the verdict pipe's
+write end as SCM_RIGHTS):
+  supervisor -> {"op": "run", "id", ...request}   {"op": "kill", "id"}
+  zygote     -> {"ready": ..., "isolation": {...}} once, then {"id", "status"} per finished run
+After a run ends, every process of its uid is killed (a forked sweeper drops to that uid and
+sends SIGKILL to all it may signal), so a program's background children do not outlive it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+from .protocol import recv_msg, send_msg
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+# what programs commonly import: paid for once here, not in every run
+PRELOAD = [
+    "math",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "heapq",
+    "bisect",
+    "string",
+    "typing",
+    "random",
+    "statistics",
+    "fractions",
+    "decimal",
+    "json",
+    "copy",
+    "operator",
+    "datetime",
+    "hashlib",
+    "array",
+    "dataclasses",
+    "enum",
+    "io",
+    "textwrap",
+    "unicodedata",
+    "cmath",
+    "traceback",
+    "resource",
+]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> bool:
+    return _libc.prctl(option, arg, 0, 0, 0) == 0
+
+
+def _unshare(flags: int) -> bool:
+    return _libc.unshare(flags) == 0
+
+
+def _sweep(uid: int) -> None:
+    """Kill every process running as `uid` (the run's own uid): escapes by setsid included."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)  # all this uid may signal, except the sweeper itself
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _child(req: dict, vfd: int, sock: socket.socket) -> None:
+    """In the forked child: isolate, then hand over to the harness. Never returns."""
+    from bdc_ray.sandbox import child as harness
+
+    try:
+        sock.close()
+        os.setsid()
+        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_DFL)
+        tmpdir = req["tmpdir"]
+        os.chdir(tmpdir)
+        uid = req["limits"].get("uid")
+        null = os.open(os.devnull, os.O_RDONLY)
+        stdin = os.open("stdin", os.O_RDONLY) if req["kind"] == "stdio" else null
+        os.dup2(stdin, 0)
+        harness.apply_limits(req["limits"])
+        harness.drop_privileges(uid)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        # output files are created as the run's uid, inside its directory, capped by RLIMIT_FSIZE
+        out = os.open("stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        err = os.open("stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        for fd in {null, stdin, out, err}:
+            if fd > 2:
+                os.close(fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        harness.scrub_environment(tmpdir)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized output: an error, not a crash
+        if req["kind"] == "function":
+            harness.run_function(req, vfd)
+        else:
+            os.close(vfd)
+            harness.run_stdio(req)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
+        except OSError:
+            pass
+        os._exit(70)
+    os._exit(0)
+
+
+def serve(sock: socket.socket, isolation: dict) -> None:
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import bdc_ray.sandbox.child  # noqa: F401  (the harness, ready before the first fork)
+
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    running: dict[int, dict] = {}  # pid -> {"id", "uid"}
+    by_id: dict[str, int] = {}
+    send_msg(sock, {"ready": True, "pid": os.getpid(), "isolation": isolation})
+    while True:
+        readable, _, _ = select.select([sock, rfd], [], [])
+        if rfd in readable:
+            os.read(rfd, 4096)
+        # reap: our runs, and any orphan reparented to us (we are PID 1 of the namespace)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            run = running.pop(pid, None)
+            if run is not None:
+                by_id.pop(run["id"], None)
+                if run["uid"] is not None:
+                    _sweep(run["uid"])
+                send_msg(sock, {"id": run["id"], "status": status})
+        if sock in readable:
+            try:
+                msg, fds = recv_msg(sock)
+            except (EOFError, ConnectionError):
+                return  # the supervisor is gone: so are we, and with us the namespace
+            if msg["op"] == "run":
+                pid = os.fork()
+                if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    os.close(rfd)
+                    os.close(wfd)
+                    _child(msg, fds[0], sock)
+                for fd in fds:
+                    os.close(fd)
+                running[pid] = {"id": msg["id"], "uid": msg["limits"].get("uid")}
+                by_id[msg["id"]] = pid
+            elif msg["op"] == "kill":
+                pid = by_id.get(msg["id"])
+                if pid is not None:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                    uid = running.get(pid, {}).get("uid")
+                    if uid is not None:
+                        _sweep(uid)
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    want = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    sock = socket.socket(fileno=fd)
+    isolation = {"net_namespace": False, "pid_namespace": False, "root": os.geteuid() == 0}
+    if want.get("namespaces", True):
+        isolation["net_namespace"] = _unshare(CLONE_NEWNET)
+        isolation["pid_namespace"] = _unshare(CLONE_NEWPID)
+    if isolation["pid_namespace"]:
+        # the first child of a new PID namespace is its PID 1; this process only waits for it
+        pid = os.fork()
+        if pid:
+            sock.close()
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the waiter dies: the namespace dies
+    serve(sock, isolation)
+
+
+if __name__ == "__main__":
+    main()
