@@ -24,6 +24,8 @@ class TestCase:
     """One test. Function tests carry the assert source (and the setup statements of
     ``check`` that precede it); stdio tests carry input and expected output."""
 
+    __test__ = False  # not a pytest class, despite the name
+
     kind: Literal["assert", "io"]
     code: str = ""
     setup: tuple[str, ...] = ()  # check()'s non-assert statements that precede this test

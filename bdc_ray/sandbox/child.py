@@ -324,7 +324,7 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
         last["value"], last["set"] = value, True
         return value
 
-    for i, ((setup, code), test) in enumerate(zip(compiled, tests, strict=True)):
+    for i, (setup, code) in enumerate(compiled):
         _restore_modules(snap)
         ns = dict(program_ns)
         ns.update(helpers)

@@ -339,14 +339,13 @@ class Sandbox:
         problem: Problem,
         tests: Literal["all", "public", "hidden"] | list[TestCase] = "all",
     ) -> CheckResult:
-        chosen = {
-            "all": problem.tests,
-            "public": problem.public_tests,
-            "hidden": problem.hidden_tests,
-        }.get(
-            tests,
-            tests,  # type: ignore[arg-type]
-        )
+        if isinstance(tests, str):
+            named = {"all": problem.tests, "public": problem.public_tests, "hidden": problem.hidden_tests}
+            if tests not in named:
+                raise ValueError(f"tests must be 'all', 'public', 'hidden' or a list, got {tests!r}")
+            chosen = named[tests]
+        else:
+            chosen = list(tests)
         if problem.kind == "function":
             return self.check_function(
                 program,

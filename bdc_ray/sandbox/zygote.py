@@ -87,7 +87,7 @@ def _sweep(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _child(req: dict, vfd: int, sock: socket.socket) -> None:
+def _child(req: dict, vfd: int, sock: socket.socket, live_w: int) -> None:
     """In the forked child: isolate, then hand over to the harness. Never returns."""
     from bdc_ray.sandbox import child as harness
 
@@ -113,6 +113,12 @@ def _child(req: dict, vfd: int, sock: socket.socket) -> None:
         for fd in {null, stdin, out, err}:
             if fd > 2:
                 os.close(fd)
+        # nothing of the template or of other runs stays open: only stdio, the verdict pipe
+        # and the liveness pipe
+        keep = sorted({vfd, live_w})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 1 << 16)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
@@ -121,7 +127,7 @@ def _child(req: dict, vfd: int, sock: socket.socket) -> None:
         if req["kind"] == "function":
             harness.run_function(req, vfd)
         else:
-            os.close(vfd)
+            # the verdict pipe stays open (and unread) so that its EOF marks the end of the run
             harness.run_stdio(req)
     except BaseException as e:  # noqa: BLE001
         try:
@@ -138,7 +144,14 @@ def serve(sock: socket.socket, isolation: dict) -> None:
             __import__(name)
         except ImportError:
             pass
+    import gc
+
     import bdc_ray.sandbox.child  # noqa: F401  (the harness, ready before the first fork)
+
+    # a pre-fork server: keep the collector away from the shared heap, so forked children do
+    # not copy every page by touching its objects
+    gc.collect()
+    gc.freeze()
 
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
@@ -162,7 +175,12 @@ def serve(sock: socket.socket, isolation: dict) -> None:
             run = running.pop(pid, None)
             if run is not None:
                 by_id.pop(run["id"], None)
-                if run["uid"] is not None:
+                # every process of the run holds the liveness pipe: EOF there means none is
+                # left; otherwise (a background child, or a descriptor closed on purpose) sweep
+                live_r = run["live"]
+                all_gone = bool(select.select([live_r], [], [], 0)[0]) and not os.read(live_r, 1)
+                os.close(live_r)
+                if run["uid"] is not None and not all_gone:
                     _sweep(run["uid"])
                 send_msg(sock, {"id": run["id"], "status": status})
         if sock in readable:
@@ -171,15 +189,17 @@ def serve(sock: socket.socket, isolation: dict) -> None:
             except (EOFError, ConnectionError):
                 return  # the supervisor is gone: so are we, and with us the namespace
             if msg["op"] == "run":
+                live_r, live_w = os.pipe()
                 pid = os.fork()
                 if pid == 0:
                     signal.set_wakeup_fd(-1)
-                    os.close(rfd)
-                    os.close(wfd)
-                    _child(msg, fds[0], sock)
+                    for fd in (rfd, wfd, live_r):
+                        os.close(fd)
+                    _child(msg, fds[0], sock, live_w)
+                os.close(live_w)
                 for fd in fds:
                     os.close(fd)
-                running[pid] = {"id": msg["id"], "uid": msg["limits"].get("uid")}
+                running[pid] = {"id": msg["id"], "uid": msg["limits"].get("uid"), "live": live_r}
                 by_id[msg["id"]] = pid
             elif msg["op"] == "kill":
                 pid = by_id.get(msg["id"])

@@ -1,0 +1,377 @@
+"""Hostile programs: none passes, none harms the host, each gets a truthful status, and the
+sandbox keeps serving the next program."""
+
+import os
+import textwrap
+
+import pytest
+
+from bdc_ray.data import TestCase
+from bdc_ray.data.problems import function_problem, stdio_problem
+
+ADD = function_problem(
+    "hostile/add",
+    'def add(a, b):\n    """a + b"""\n',
+    "add",
+    "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
+)
+GOOD = ADD.prompt + "    return a + b\n"
+SECRET = "hunter2-do-not-leak"
+
+
+def prog(body: str) -> str:
+    return textwrap.dedent(body).strip() + "\n"
+
+
+# (name, program, statuses it may truthfully get)
+HOSTILE = [
+    ("prints passed", prog("""
+        print("passed"); print("OK 2/2 tests passed")
+        def add(a, b): return 0
+        """), {"failed"}),
+    ("os._exit(0) at load", prog("""
+        import os; os._exit(0)
+        """), {"killed"}),
+    ("os._exit(0) in the call", prog("""
+        import os
+        def add(a, b): os._exit(0)
+        """), {"killed"}),
+    ("sys.exit(0) at load", prog("""
+        import sys; sys.exit(0)
+        """), {"error"}),
+    ("sys.exit(0) in the call", prog("""
+        import sys
+        def add(a, b): sys.exit(0)
+        """), {"error"}),
+    ("replaces AssertionError", prog("""
+        import builtins
+        class Quiet(Exception): pass
+        builtins.AssertionError = Quiet
+        def add(a, b): return 0
+        """), {"failed"}),
+    ("always-equal object", prog("""
+        class Eq:
+            def __eq__(self, other): return True
+        def add(a, b): return Eq()
+        """), {"error"}),
+    ("int subclass equal to all", prog("""
+        class I(int):
+            def __eq__(self, other): return True
+            __hash__ = int.__hash__
+        def add(a, b): return I(0)
+        """), {"error"}),
+    ("list subclass equal to all", prog("""
+        class L(list):
+            def __eq__(self, other): return True
+        def add(a, b): return L()
+        """), {"error"}),
+    ("infinite loop", prog("""
+        def add(a, b):
+            while True: pass
+        """), {"timeout"}),
+    ("ignores the alarm", prog("""
+        import signal
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        def add(a, b):
+            while True:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        """), {"timeout"}),
+    ("catches everything in a loop", prog("""
+        def add(a, b):
+            while True:
+                try:
+                    while True: pass
+                except BaseException:
+                    pass
+        """), {"timeout"}),
+    ("memory bomb", prog("""
+        def add(a, b):
+            x = bytearray(8 * 1024 ** 3)
+            return a + b
+        """), {"memory"}),
+    ("growing memory", prog("""
+        def add(a, b):
+            xs = []
+            while True: xs.append("x" * 10 ** 7)
+        """), {"memory", "timeout"}),
+    ("fork bomb", prog("""
+        import os
+        def add(a, b):
+            while True: os.fork()
+        """), {"error"}),
+    ("subprocess", prog("""
+        import subprocess
+        def add(a, b):
+            subprocess.run(["sh", "-c", "touch /tmp/bdc-pwned"])
+            return a + b
+        """), {"error"}),
+    ("os.system", prog("""
+        import os
+        def add(a, b):
+            os.system("touch /tmp/bdc-pwned")
+            return a + b
+        """), {"error"}),
+    ("writes outside its directory", prog("""
+        def add(a, b):
+            open(SENTINEL_DIR + "/pwned.txt", "w").write("x")
+            return a + b
+        """), {"error"}),
+    ("deletes a host file", prog("""
+        import os
+        def add(a, b):
+            os.remove(SENTINEL_DIR + "/sentinel.txt")
+            return a + b
+        """), {"error"}),
+    ("renames a host file", prog("""
+        import os
+        def add(a, b):
+            os.rename(SENTINEL_DIR + "/sentinel.txt", "stolen.txt")
+            return a + b
+        """), {"error"}),
+    ("reads environment secrets", prog("""
+        import os
+        def add(a, b): return repr(dict(os.environ))
+        """), {"failed"}),
+    ("reads /proc environ", prog("""
+        def add(a, b): return open("/proc/1/environ").read()
+        """), {"error"}),
+    ("reads /etc/shadow", prog("""
+        def add(a, b): return open("/etc/shadow").read()
+        """), {"error"}),
+    ("opens a socket", prog("""
+        import socket
+        def add(a, b):
+            socket.create_connection(("127.0.0.1", 22), timeout=1)
+            return a + b
+        """), {"error"}),
+    ("kills its parent", prog("""
+        import os, signal
+        os.kill(os.getppid(), signal.SIGKILL)
+        def add(a, b): return a + b
+        """), {"error"}),
+    ("kills everything it can", prog("""
+        import os, signal
+        def add(a, b):
+            os.kill(-1, signal.SIGKILL)
+            return a + b
+        """), {"error"}),
+    ("ctypes segfault", prog("""
+        import ctypes
+        def add(a, b): return ctypes.string_at(0)
+        """), {"error"}),
+    ("real segfault", prog("""
+        import faulthandler
+        def add(a, b): faulthandler._sigsegv()
+        """), {"killed"}),
+    ("deep recursion", prog("""
+        def add(a, b): return add(a + 1, b)
+        """), {"error"}),
+    ("recursion past the C stack", prog("""
+        import sys
+        sys.setrecursionlimit(10 ** 8)
+        def add(a, b): return add(a + 1, b)
+        """), {"killed", "memory", "error", "timeout"}),
+    ("thread spam", prog("""
+        import threading, time
+        def add(a, b):
+            ts = []
+            for _ in range(10000):
+                t = threading.Thread(target=time.sleep, args=(60,)); t.start(); ts.append(t)
+            return a + b
+        """), {"error", "memory"}),
+    ("reads stdin", prog("""
+        def add(a, b): return int(input())
+        """), {"error"}),
+    ("huge output", prog("""
+        def add(a, b):
+            while True: print("x" * 10 ** 6)
+        """), {"error", "timeout"}),
+    ("forges verdict lines", prog("""
+        import os
+        def add(a, b):
+            for fd in range(3, 64):
+                for i in range(4):
+                    try: os.write(fd, ("%032x passed {}\\n" % i).encode())
+                    except OSError: pass
+            return 0
+        """), {"failed"}),
+    ("walks frames for the nonce", prog("""
+        import sys
+        def add(a, b):
+            f = sys._getframe(1)
+            return f.f_back.f_locals
+        """), {"error"}),
+    ("walks a traceback for the nonce", prog("""
+        def add(a, b):
+            try:
+                raise ValueError
+            except ValueError as e:
+                return e.__traceback__.tb_frame.f_back.f_locals
+        """), {"error"}),
+    ("searches the heap", prog("""
+        import gc
+        def add(a, b):
+            return [o for o in gc.get_objects() if isinstance(o, dict) and "nonces" in o]
+        """), {"error"}),
+    ("traces the harness", prog("""
+        import sys
+        sys.settrace(lambda *a: None)
+        def add(a, b): return a + b
+        """), {"error"}),
+    ("malicious exception text", prog("""
+        import sys
+        class E(Exception):
+            def __str__(self): return repr(sys._getframe(3).f_locals)
+            @property
+            def args(self): return (sys._getframe(3).f_locals,)
+        def add(a, b): raise E()
+        """), {"error"}),
+    ("patches math for the test", prog("""
+        import math
+        math.isclose = lambda *a, **k: True
+        def add(a, b): return 0
+        """), {"failed"}),
+    ("imports multiprocessing", prog("""
+        import multiprocessing
+        def add(a, b):
+            multiprocessing.Process(target=print).start()
+            return a + b
+        """), {"error"}),
+    ("changes directory and writes", prog("""
+        import os
+        def add(a, b):
+            os.chdir("/")
+            open("pwned.txt", "w").write("x")
+            return a + b
+        """), {"error"}),
+    ("keyboard interrupt", prog("""
+        def add(a, b): raise KeyboardInterrupt
+        """), {"error"}),
+    ("becomes root again", prog("""
+        import os
+        def add(a, b):
+            os.setuid(0)
+            return a + b
+        """), {"error"}),
+]
+
+MATH_TESTS = [TestCase("assert", code="import math\nassert math.isclose(candidate(1, 2), 3)")]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    d = tmp_path_factory.mktemp("host")
+    (d / "sentinel.txt").write_text("keep me")
+    os.environ["BDC_TEST_SECRET"] = SECRET  # in the supervisor's environment only
+    yield d
+    os.environ.pop("BDC_TEST_SECRET", None)
+
+
+def _sandbox_processes() -> list[int]:
+    """Processes running as a sandbox slot uid (62000+): none may outlive its run."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                uid = next(int(line.split()[1]) for line in fh if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if 62000 <= uid < 62100:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("name, program, statuses", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_program(sandbox, host, name, program, statuses):
+    program = program.replace("SENTINEL_DIR", repr(str(host)))
+    tests = MATH_TESTS if "math" in name else ADD.tests
+    r = sandbox.check_function(program, "add", tests, prompt=ADD.prompt)
+    assert not r.passed and r.pass_rate == 0.0
+    assert r.status in statuses, (r.status, r.feedback(), r.stderr[-500:])
+    everything = r.feedback(9) + r.stdout + r.stderr
+    assert SECRET not in everything
+    assert "root:" not in everything  # no /etc/shadow content
+    assert (host / "sentinel.txt").read_text() == "keep me"
+    assert not (host / "pwned.txt").exists() and not os.path.exists("/tmp/bdc-pwned")
+    assert not os.path.exists("/pwned.txt")
+    assert _sandbox_processes() == []
+    # the sandbox keeps serving
+    assert sandbox.check(GOOD, ADD).passed
+
+
+def test_there_are_at_least_30_hostile_programs():
+    assert len(HOSTILE) >= 30
+
+
+def test_feedback_names_input_expected_and_got(sandbox):
+    r = sandbox.check(ADD.prompt + "    return a - b\n", ADD)
+    assert r.status == "failed" and r.pass_rate == 0.0
+    fb = r.tests[0].feedback
+    assert "assert candidate(1, 2) == 3" in fb and "got: -1" in fb and "AssertionError" in fb
+
+
+def test_public_and_hidden_tests_are_run_separately(sandbox):
+    half = ADD.prompt + "    return 3\n"  # right on the public test only
+    assert sandbox.check(half, ADD, tests="public").passed
+    assert not sandbox.check(half, ADD, tests="hidden").passed
+    assert sandbox.check(half, ADD).pass_rate == 0.5
+
+
+def test_prompt_helpers_cannot_be_redefined_by_the_program(sandbox):
+    p = function_problem(
+        "helper",
+        "def poly(x):\n    return x * x\n\ndef root(y):\n    '''x with poly(x) == y'''\n",
+        "root",
+        "def check(candidate):\n    assert abs(poly(candidate(4.0)) - 4.0) < 1e-6\n",
+    )
+    cheat = "def poly(x):\n    return 4.0\n\ndef root(y):\n    return 123.0\n"
+    assert not sandbox.check(cheat, p).passed
+    assert sandbox.check("def root(y):\n    return y ** 0.5\n", p).passed
+
+
+STDIO = stdio_problem("io/sum", "sum two ints", [("1 2\n", "3\n"), ("5 5\n", "10\n"), ("0 0", "0")])
+
+
+def test_stdio_exact_and_whitespace_normalised(sandbox):
+    ok = "a, b = map(int, input().split())\nprint(a + b)\n"
+    spaced = "a, b = map(int, input().split())\nprint('  ', a + b, '  ')\n"
+    r = sandbox.check(ok, STDIO)
+    assert r.passed and r.status == "passed"
+    assert sandbox.check(spaced, STDIO).passed
+    wrong = sandbox.check("print(42)\n", STDIO)
+    assert wrong.status == "failed" and "expected: '3\\n'" in wrong.tests[0].feedback
+
+
+@pytest.mark.parametrize(
+    "program, status",
+    [
+        ("while True: pass\n", "timeout"),
+        ("raise ValueError('boom')\n", "error"),
+        ("import os\nos.system('echo hi')\n", "error"),
+        ("x = bytearray(8 * 1024 ** 3)\n", "memory"),
+        ("import faulthandler\nfaulthandler._sigsegv()\n", "killed"),
+        ("print(open('/etc/shadow').read())\n", "error"),
+    ],
+)
+def test_stdio_hostile(sandbox, program, status):
+    r = sandbox.check(program, STDIO, tests=STDIO.tests[:1])
+    assert r.status == status and not r.passed, (r.status, r.feedback(), r.stderr)
+    assert "root:" not in r.stdout
+    assert _sandbox_processes() == []
+
+
+def test_isolation_is_reported(sandbox):
+    iso = sandbox.isolation
+    for key in ("net_namespace", "pid_namespace", "privilege_drop", "audit_hook", "rlimits"):
+        assert key in iso
+    if os.geteuid() == 0:
+        assert iso["privilege_drop"] is True
+
+
+def test_the_sandbox_recovers_when_its_template_is_killed(sandbox):
+    import signal
+
+    os.killpg(sandbox._proc.pid, signal.SIGKILL)
+    sandbox._proc.wait(10)
+    assert sandbox.check(GOOD, ADD).passed  # restarted on demand
