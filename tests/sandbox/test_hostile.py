@@ -25,169 +25,303 @@ def prog(body: str) -> str:
 
 # (name, program, statuses it may truthfully get)
 HOSTILE = [
-    ("prints passed", prog("""
+    (
+        "prints passed",
+        prog("""
         print("passed"); print("OK 2/2 tests passed")
         def add(a, b): return 0
-        """), {"failed"}),
-    ("os._exit(0) at load", prog("""
+        """),
+        {"failed"},
+    ),
+    (
+        "os._exit(0) at load",
+        prog("""
         import os; os._exit(0)
-        """), {"killed"}),
-    ("os._exit(0) in the call", prog("""
+        """),
+        {"killed"},
+    ),
+    (
+        "os._exit(0) in the call",
+        prog("""
         import os
         def add(a, b): os._exit(0)
-        """), {"killed"}),
-    ("sys.exit(0) at load", prog("""
+        """),
+        {"killed"},
+    ),
+    (
+        "sys.exit(0) at load",
+        prog("""
         import sys; sys.exit(0)
-        """), {"error"}),
-    ("sys.exit(0) in the call", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "sys.exit(0) in the call",
+        prog("""
         import sys
         def add(a, b): sys.exit(0)
-        """), {"error"}),
-    ("replaces AssertionError", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "replaces AssertionError",
+        prog("""
         import builtins
         class Quiet(Exception): pass
         builtins.AssertionError = Quiet
         def add(a, b): return 0
-        """), {"failed"}),
-    ("always-equal object", prog("""
+        """),
+        {"failed"},
+    ),
+    (
+        "always-equal object",
+        prog("""
         class Eq:
             def __eq__(self, other): return True
         def add(a, b): return Eq()
-        """), {"error"}),
-    ("int subclass equal to all", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "int subclass equal to all",
+        prog("""
         class I(int):
             def __eq__(self, other): return True
             __hash__ = int.__hash__
         def add(a, b): return I(0)
-        """), {"error"}),
-    ("list subclass equal to all", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "list subclass equal to all",
+        prog("""
         class L(list):
             def __eq__(self, other): return True
         def add(a, b): return L()
-        """), {"error"}),
-    ("infinite loop", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "infinite loop",
+        prog("""
         def add(a, b):
             while True: pass
-        """), {"timeout"}),
-    ("ignores the alarm", prog("""
+        """),
+        {"timeout"},
+    ),
+    (
+        "ignores the alarm",
+        prog("""
         import signal
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         signal.setitimer(signal.ITIMER_REAL, 0)
         def add(a, b):
             while True:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        """), {"timeout"}),
-    ("catches everything in a loop", prog("""
+        """),
+        {"timeout"},
+    ),
+    (
+        "catches everything in a loop",
+        prog("""
         def add(a, b):
             while True:
                 try:
                     while True: pass
                 except BaseException:
                     pass
-        """), {"timeout"}),
-    ("memory bomb", prog("""
+        """),
+        {"timeout"},
+    ),
+    (
+        "memory bomb",
+        prog("""
         def add(a, b):
             x = bytearray(8 * 1024 ** 3)
             return a + b
-        """), {"memory"}),
-    ("growing memory", prog("""
+        """),
+        {"memory"},
+    ),
+    (
+        "growing memory",
+        prog("""
         def add(a, b):
             xs = []
             while True: xs.append("x" * 10 ** 7)
-        """), {"memory", "timeout"}),
-    ("fork bomb", prog("""
+        """),
+        {"memory", "timeout"},
+    ),
+    (
+        "fork bomb",
+        prog("""
         import os
         def add(a, b):
             while True: os.fork()
-        """), {"error"}),
-    ("subprocess", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "subprocess",
+        prog("""
         import subprocess
         def add(a, b):
             subprocess.run(["sh", "-c", "touch /tmp/bdc-pwned"])
             return a + b
-        """), {"error"}),
-    ("os.system", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "os.system",
+        prog("""
         import os
         def add(a, b):
             os.system("touch /tmp/bdc-pwned")
             return a + b
-        """), {"error"}),
-    ("writes outside its directory", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "writes outside its directory",
+        prog("""
         def add(a, b):
             open(SENTINEL_DIR + "/pwned.txt", "w").write("x")
             return a + b
-        """), {"error"}),
-    ("deletes a host file", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "deletes a host file",
+        prog("""
         import os
         def add(a, b):
             os.remove(SENTINEL_DIR + "/sentinel.txt")
             return a + b
-        """), {"error"}),
-    ("renames a host file", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "renames a host file",
+        prog("""
         import os
         def add(a, b):
             os.rename(SENTINEL_DIR + "/sentinel.txt", "stolen.txt")
             return a + b
-        """), {"error"}),
-    ("reads environment secrets", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "reads environment secrets",
+        prog("""
         import os
         def add(a, b): return repr(dict(os.environ))
-        """), {"failed"}),
-    ("reads /proc environ", prog("""
+        """),
+        {"failed"},
+    ),
+    (
+        "reads /proc environ",
+        prog("""
         def add(a, b): return open("/proc/1/environ").read()
-        """), {"error"}),
-    ("reads /etc/shadow", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "reads /etc/shadow",
+        prog("""
         def add(a, b): return open("/etc/shadow").read()
-        """), {"error"}),
-    ("opens a socket", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "opens a socket",
+        prog("""
         import socket
         def add(a, b):
             socket.create_connection(("127.0.0.1", 22), timeout=1)
             return a + b
-        """), {"error"}),
-    ("kills its parent", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "kills its parent",
+        prog("""
         import os, signal
         os.kill(os.getppid(), signal.SIGKILL)
         def add(a, b): return a + b
-        """), {"error"}),
-    ("kills everything it can", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "kills everything it can",
+        prog("""
         import os, signal
         def add(a, b):
             os.kill(-1, signal.SIGKILL)
             return a + b
-        """), {"error"}),
-    ("ctypes segfault", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "ctypes segfault",
+        prog("""
         import ctypes
         def add(a, b): return ctypes.string_at(0)
-        """), {"error"}),
-    ("real segfault", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "real segfault",
+        prog("""
         import faulthandler
         def add(a, b): faulthandler._sigsegv()
-        """), {"killed"}),
-    ("deep recursion", prog("""
+        """),
+        {"killed"},
+    ),
+    (
+        "deep recursion",
+        prog("""
         def add(a, b): return add(a + 1, b)
-        """), {"error"}),
-    ("recursion past the C stack", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "recursion past the C stack",
+        prog("""
         import sys
         sys.setrecursionlimit(10 ** 8)
         def add(a, b): return add(a + 1, b)
-        """), {"killed", "memory", "error", "timeout"}),
-    ("thread spam", prog("""
+        """),
+        {"killed", "memory", "error", "timeout"},
+    ),
+    (
+        "thread spam",
+        prog("""
         import threading, time
         def add(a, b):
             ts = []
             for _ in range(10000):
                 t = threading.Thread(target=time.sleep, args=(60,)); t.start(); ts.append(t)
             return a + b
-        """), {"error", "memory"}),
-    ("reads stdin", prog("""
+        """),
+        {"error", "memory"},
+    ),
+    (
+        "reads stdin",
+        prog("""
         def add(a, b): return int(input())
-        """), {"error"}),
-    ("huge output", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "huge output",
+        prog("""
         def add(a, b):
             while True: print("x" * 10 ** 6)
-        """), {"error", "timeout"}),
-    ("forges verdict lines", prog("""
+        """),
+        {"error", "timeout"},
+    ),
+    (
+        "forges verdict lines",
+        prog("""
         import os
         def add(a, b):
             for fd in range(3, 64):
@@ -195,65 +329,107 @@ HOSTILE = [
                     try: os.write(fd, ("%032x passed {}\\n" % i).encode())
                     except OSError: pass
             return 0
-        """), {"failed"}),
-    ("walks frames for the nonce", prog("""
+        """),
+        {"failed"},
+    ),
+    (
+        "walks frames for the nonce",
+        prog("""
         import sys
         def add(a, b):
             f = sys._getframe(1)
             return f.f_back.f_locals
-        """), {"error"}),
-    ("walks a traceback for the nonce", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "walks a traceback for the nonce",
+        prog("""
         def add(a, b):
             try:
                 raise ValueError
             except ValueError as e:
                 return e.__traceback__.tb_frame.f_back.f_locals
-        """), {"error"}),
-    ("searches the heap", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "searches the heap",
+        prog("""
         import gc
         def add(a, b):
             return [o for o in gc.get_objects() if isinstance(o, dict) and "nonces" in o]
-        """), {"error"}),
-    ("traces the harness", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "traces the harness",
+        prog("""
         import sys
         sys.settrace(lambda *a: None)
         def add(a, b): return a + b
-        """), {"error"}),
-    ("malicious exception text", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "malicious exception text",
+        prog("""
         import sys
         class E(Exception):
             def __str__(self): return repr(sys._getframe(3).f_locals)
             @property
             def args(self): return (sys._getframe(3).f_locals,)
         def add(a, b): raise E()
-        """), {"error"}),
-    ("patches math for the test", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "patches math for the test",
+        prog("""
         import math
         math.isclose = lambda *a, **k: True
         def add(a, b): return 0
-        """), {"failed"}),
-    ("imports multiprocessing", prog("""
+        """),
+        {"failed"},
+    ),
+    (
+        "imports multiprocessing",
+        prog("""
         import multiprocessing
         def add(a, b):
             multiprocessing.Process(target=print).start()
             return a + b
-        """), {"error"}),
-    ("changes directory and writes", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "changes directory and writes",
+        prog("""
         import os
         def add(a, b):
             os.chdir("/")
             open("pwned.txt", "w").write("x")
             return a + b
-        """), {"error"}),
-    ("keyboard interrupt", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "keyboard interrupt",
+        prog("""
         def add(a, b): raise KeyboardInterrupt
-        """), {"error"}),
-    ("becomes root again", prog("""
+        """),
+        {"error"},
+    ),
+    (
+        "becomes root again",
+        prog("""
         import os
         def add(a, b):
             os.setuid(0)
             return a + b
-        """), {"error"}),
+        """),
+        {"error"},
+    ),
 ]
 
 MATH_TESTS = [TestCase("assert", code="import math\nassert math.isclose(candidate(1, 2), 3)")]

@@ -1,0 +1,73 @@
+"""ExecutorPool: a Ray actor that runs many sandboxed checks at once on its node's CPUs.
+
+When the actor's process ends, the sandbox template sees its control socket close and exits,
+and with it (PID 1 of its namespace) every process a program left. Search and evaluation both
+call it; calls are async, so neither blocks the other. At most
+`slots` programs execute at once (the sandbox's own slots); up to `max_pending` more wait in
+the actor, and beyond that Ray queues callers (back-pressure instead of unbounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from bdc_ray.data.problems import Problem, TestCase
+from bdc_ray.sandbox import CheckResult, Limits, Sandbox
+
+
+class ExecutorPool:
+    def __init__(self, slots: int | None = None, limits: dict[str, Any] | None = None) -> None:
+        self.slots = slots or max(1, os.cpu_count() or 1)
+        self.sandbox = Sandbox(concurrency=self.slots, limits=Limits(**(limits or {})))
+        self._gate: asyncio.Semaphore | None = None
+        self.done = 0
+
+    def isolation(self) -> dict[str, Any]:
+        return {
+            **self.sandbox.isolation,
+            "slots": self.slots,
+            "limits": asdict(self.sandbox.limits),
+        }
+
+    async def check(
+        self, program: str, problem: Problem, tests: str | list[TestCase] = "all"
+    ) -> CheckResult:
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.slots)
+        async with self._gate:
+            result = await asyncio.to_thread(self.sandbox.check, program, problem, tests)
+        self.done += 1
+        return result
+
+    async def check_many(self, items: list[tuple[str, Problem, Any]]) -> list[CheckResult]:
+        return list(await asyncio.gather(*(self.check(p, prob, t) for p, prob, t in items)))
+
+    def stats(self) -> dict[str, Any]:
+        return {"done": self.done, "slots": self.slots}
+
+
+ExecutorPoolActor = ray.remote(ExecutorPool)
+
+
+def create_executor_pool(
+    slots: int | None = None,
+    limits: dict[str, Any] | None = None,
+    name: str = "bdc:executor",
+    max_pending: int = 256,
+    max_restarts: int = 3,
+) -> Any:
+    """Start (or reuse) the pool. It asks Ray for as many CPUs as it has slots."""
+    slots = slots or max(1, os.cpu_count() or 1)
+    return ExecutorPoolActor.options(
+        name=name,
+        get_if_exists=True,
+        num_cpus=slots,
+        max_concurrency=max_pending,
+        max_restarts=max_restarts,
+        max_task_retries=max_restarts,
+    ).remote(slots, limits)
