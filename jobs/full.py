@@ -63,7 +63,9 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
     )
 
     def score(problems: list, programs: list[str]) -> list:
-        return ray.get([pool.check.remote(prog, p) for p, prog in zip(problems, programs)])
+        return ray.get(
+            [pool.check.remote(prog, p) for p, prog in zip(problems, programs, strict=True)]
+        )
 
     summary = record_answers(
         run,

