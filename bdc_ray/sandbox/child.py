@@ -11,8 +11,11 @@ printing, exiting early, or writing to the pipe cannot forge a pass.
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import builtins
+import itertools
+import operator
 import os
 import resource
 import signal
@@ -185,6 +188,8 @@ def _safe_repr(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+_ALL_SIGNALS = _signal.valid_signals()
+_MISSING = object()
 _TYPE_NAME = type.__dict__["__name__"]
 _EXC_ARGS = BaseException.__dict__["args"]
 
@@ -210,7 +215,8 @@ def _describe(exc: BaseException, state: dict, limit: int = 600) -> str:
     lines = []
     # tb_frame may be read in this window, by this thread only; signals wait, so no handler of
     # the program runs inside it; nothing read here calls program code
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    # (_signal's C functions: signal's wrappers turn every signal number into an enum, slowly)
+    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
     state["formatting"] = True
     try:
         tb = exc.__traceback__
@@ -221,12 +227,12 @@ def _describe(exc: BaseException, state: dict, limit: int = 600) -> str:
             tb = tb.tb_next
     finally:
         state["formatting"] = False
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
     text = head + ("\n  " + "\n  ".join(lines[-4:]) if lines else "")
     return text[:limit]
 
 
-def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, dict]]:
+def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, list, list, dict]]:
     """The modules the tests use (and builtins): a program that patches `math.isclose` or
     `builtins.abs` to fake a pass has its change undone before each test."""
     import importlib
@@ -237,17 +243,21 @@ def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, dict]]:
             mod = importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a test importing a missing module fails by itself
             continue
-        snap[name] = (mod, dict(mod.__dict__))
+        saved = dict(mod.__dict__)
+        snap[name] = (mod, list(saved), list(saved.values()), saved)
     return snap
 
 
-def _restore_modules(snap: dict[str, tuple[Any, dict]]) -> None:
-    """Undo what the program did to already-loaded modules (builtins, math, ...)."""
-    for name, (mod, saved) in snap.items():
+def _restore_modules(snap: dict[str, tuple[Any, list, list, dict]]) -> None:
+    """Undo what the program did to already-loaded modules (builtins, math, ...). Compared by
+    identity, in C (map/operator.is_): no `==` of a program's object runs here."""
+    for name, (mod, keys, values, saved) in snap.items():
         if sys.modules.get(name) is not mod:
             sys.modules[name] = mod
         d = mod.__dict__
-        if len(d) != len(saved) or any(d.get(k, saved) is not v for k, v in saved.items()):
+        if len(d) != len(keys) or not all(
+            map(operator.is_, map(d.get, keys, itertools.repeat(_MISSING)), values)
+        ):
             d.clear()
             d.update(saved)
 
