@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +64,7 @@ class Stats:
     completion_tokens: int = 0
     executions: int = 0
     repairs: int = 0
-    phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    phase_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +81,7 @@ class TreeResult:
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
-        row["stats"] = {**asdict(self.stats), "phase_s": dict(self.stats.phase_s)}
+        row["stats"] = asdict(self.stats)
         return row
 
 
@@ -94,7 +93,8 @@ class _Phase:
         self.t = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.stats.phase_s[self.name] += time.perf_counter() - self.t
+        spent = time.perf_counter() - self.t
+        self.stats.phase_s[self.name] = self.stats.phase_s.get(self.name, 0.0) + spent
 
 
 class MCTS:

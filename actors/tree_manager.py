@@ -1,0 +1,196 @@
+"""TreeManager: runs many problems' MC-Tree-Of-Agents searches at once on Ray.
+
+Trees are asyncio tasks in one actor; their model calls go to the AgentLLM actors of each
+agent's model (round robin over replicas), where concurrent calls from different trees are
+batched into one generate call; their programs go to the ExecutorPool. Each finished problem
+is written to the run directory at once (one parquet file per problem), so an interrupted run
+loses only the trees in flight. A tree that raises is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from bdc_ray.boost.data import training_examples
+from bdc_ray.boost.search import MCTS
+from bdc_ray.config import AgentConfig, SearchConfig
+from bdc_ray.data.problems import Problem
+from bdc_ray.llm.base import Completion, Prompt, Sampling
+
+log = logging.getLogger(__name__)
+
+
+def trace_path(run_dir: str | Path, split: str, problem_id: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
+    return Path(run_dir) / "traces" / f"{split}--{safe}.parquet"
+
+
+class _RayLLM:
+    def __init__(self, agent_models: dict[str, list[Any]]) -> None:
+        self.cycles = {a: itertools.cycle(handles) for a, handles in agent_models.items()}
+
+    async def generate(
+        self, agent: str, prompts: list[Prompt], sampling: Sampling
+    ) -> list[Completion]:
+        return await next(self.cycles[agent]).generate.remote(prompts, sampling)
+
+
+class _RayChecker:
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def check(self, program: str, problem: Problem, tests: Any) -> Any:
+        return await self.pool.check.remote(program, problem, tests)
+
+
+class TreeManager:
+    def __init__(
+        self,
+        agents: list[dict[str, Any]],
+        agent_models: dict[str, list[Any]],
+        executor: Any,
+        search: dict[str, Any],
+        seed: int = 0,
+    ) -> None:
+        self.agents = [AgentConfig.model_validate(a) for a in agents]
+        self.search = SearchConfig.model_validate(search)
+        self.llm = _RayLLM(agent_models)
+        self.checker = _RayChecker(executor)
+        self.seed = seed
+        self.progress = dict(
+            done=0,
+            failed=0,
+            rollouts=0,
+            llm_calls=0,
+            tokens=0,
+            executions=0,
+            pruned=0,
+            refined=0,
+            in_flight=0,
+        )
+        self._metrics = self._make_metrics()
+
+    @staticmethod
+    def _make_metrics() -> dict[str, Any]:
+        try:
+            from ray.util.metrics import Counter
+
+            names = ("rollouts", "tokens", "executions", "pruned", "refined", "problems")
+            return {n: Counter(f"bdc_search_{n}", f"MCTS {n}") for n in names}
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def get_progress(self) -> dict[str, int]:
+        return dict(self.progress)
+
+    async def explore(self, problems: list[Problem], split: str, run_dir: str) -> list[str]:
+        """Search every problem (at most `concurrent_trees` at once); returns the ids done."""
+        gate = asyncio.Semaphore(self.search.concurrent_trees)
+
+        async def one(p: Problem) -> str:
+            async with gate:
+                self.progress["in_flight"] += 1
+                try:
+                    row = await self._search(p, split)
+                finally:
+                    self.progress["in_flight"] -= 1
+                self._write(row, run_dir, split)
+                return p.id
+
+        return list(await asyncio.gather(*(one(p) for p in problems)))
+
+    async def _search(self, problem: Problem, split: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            result = await MCTS(
+                problem, self.agents, self.llm, self.checker, self.search, seed=self.seed
+            ).run()
+            row = result.to_row()
+            # verify on the hidden tests (all tests when the split left none hidden)
+            hidden = problem.hidden_tests or problem.tests
+            verdict = (
+                await self.checker.check(result.best_program, problem, hidden)
+                if result.best_program
+                else None
+            )
+            row["passed_hidden"] = bool(verdict and verdict.passed)
+            row["examples"] = (
+                training_examples(problem, result.best_thoughts, result.best_program)
+                if split == "train" and row["passed_hidden"] and result.best_thoughts
+                else {}
+            )
+            row["error"] = ""
+            s = result.stats
+            for key, val in (
+                ("rollouts", s.rollouts),
+                ("llm_calls", s.llm_calls),
+                ("executions", s.executions),
+                ("pruned", s.pruned),
+                ("refined", s.refined),
+                ("tokens", s.prompt_tokens + s.completion_tokens),
+            ):
+                self.progress[key] += val
+                if key in self._metrics:
+                    self._metrics[key].inc(val)
+            self.progress["done"] += 1
+        except Exception as e:  # noqa: BLE001 - one bad tree must not stop the job
+            log.exception("search failed on %s", problem.id)
+            row = {
+                "problem_id": problem.id,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-2000:],
+                "passed_hidden": False,
+                "best_program": "",
+                "best_thoughts": [],
+                "best_reward": 0.0,
+                "solved_public": False,
+                "programs": [],
+                "prefs": [],
+                "stats": {},
+                "examples": {},
+                "wall_s": time.perf_counter() - start,
+            }
+            self.progress["failed"] += 1
+        if "problems" in self._metrics:
+            self._metrics["problems"].inc()
+        row["split"] = split
+        return row
+
+    @staticmethod
+    def _write(row: dict[str, Any], run_dir: str, split: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = trace_path(run_dir, split, row["problem_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # nested, variable structures travel as JSON columns; the flat ones stay queryable
+        flat = {
+            "problem_id": row["problem_id"],
+            "split": split,
+            "error": row["error"],
+            "best_program": row["best_program"],
+            "best_thoughts": row["best_thoughts"],
+            "best_reward": float(row["best_reward"]),
+            "solved_public": bool(row["solved_public"]),
+            "passed_hidden": bool(row["passed_hidden"]),
+            "wall_s": float(row["wall_s"]),
+            "stats": json.dumps(row["stats"]),
+            "programs": json.dumps(row["programs"]),
+            "prefs": json.dumps(row["prefs"]),
+            "examples": json.dumps(row["examples"]),
+        }
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist([flat]), tmp)
+        tmp.replace(path)  # a reader never sees half a trace
+
+
+TreeManagerActor = ray.remote(TreeManager)

@@ -1,0 +1,104 @@
+"""jobs/explore.py end to end on local Ray with the tiny model."""
+
+import json
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import ray
+
+from bdc_ray.rundir import read_jsonl
+
+sys.path.insert(0, "jobs")
+import explore  # noqa: E402
+
+TINY = [
+    "--set",
+    "models.smollm2.path=tiny-random-llama",
+    "--set",
+    "data.max_train=3",
+    "--set",
+    "data.max_test=2",
+    "--set",
+    "search.rollouts=2",
+    "--set",
+    "search.width=2",
+    "--set",
+    "search.trials=1",
+    "--set",
+    "search.max_refines=1",
+    "--set",
+    "agents.0.max_tokens=24",
+    "--set",
+    "agents.1.max_tokens=24",
+    "--set",
+    "eval.timeout_s=1.0",
+]
+
+
+def traces(run):
+    return {
+        p.name: pq.read_table(p).to_pylist()[0] for p in sorted((run / "traces").glob("*.parquet"))
+    }
+
+
+def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_session, tmp_path):
+    run = tmp_path / "run"
+    summary = explore.main(["--run-dir", str(run), *TINY])
+    rows = traces(run)
+    assert len(rows) == 5 and sum(n.startswith("train--") for n in rows) == 3
+    for row in rows.values():
+        assert row["error"] == ""
+        stats = json.loads(row["stats"])
+        assert stats["rollouts"] >= 1 and stats["llm_calls"] > 0 and stats["executions"] > 0
+        assert json.loads(row["programs"])  # every evaluated program with its reward
+    for kind in ("p2t", "t2c", "p2c", "prefs"):
+        assert isinstance(read_jsonl(run / "sft" / f"{kind}.jsonl"), list)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["methods"]["mcts"]["n"] == 2 and "nodes" in results["methods"]["mcts"]
+    assert summary["progress"]["done"] == 5
+    # a rerun finds every problem done: nothing is searched again, no trace is rewritten
+    mtimes = {n: (run / "traces" / n).stat().st_mtime_ns for n in rows}
+    again = explore.main(["--run-dir", str(run), *TINY])
+    assert again["progress"]["done"] == 0 and again["progress"]["llm_calls"] == 0
+    assert {n: (run / "traces" / n).stat().st_mtime_ns for n in rows} == mtimes
+
+
+def test_an_interrupted_run_finishes_only_the_rest(ray_session, tmp_path):
+    run = tmp_path / "run"
+    explore.main(["--run-dir", str(run), *TINY])
+    victim = sorted((run / "traces").glob("train--*.parquet"))[0]
+    victim.unlink()  # as if the job died before this problem finished
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet")}
+    again = explore.main(["--run-dir", str(run), *TINY])
+    assert again["progress"]["done"] == 1 and victim.exists()
+    assert {
+        p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet") if p.name in kept
+    } == kept
+
+
+def test_killing_an_agent_actor_mid_run_still_completes_every_problem_once(ray_session, tmp_path):
+    run = tmp_path / "run"
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            try:
+                actor = ray.get_actor("bdc:llm:smollm2:0")
+                time.sleep(1.5)  # let some requests be in flight
+                ray.kill(actor, no_restart=False)
+                killed.append(True)
+            except ValueError:
+                time.sleep(0.2)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    explore.main(["--run-dir", str(run), *TINY, "--set", "search.rollouts=3"])
+    t.join()
+    assert killed
+    rows = traces(run)
+    ids = [r["problem_id"] for r in rows.values()]
+    assert len(ids) == 5 and len(set(ids)) == 5
+    assert all(r["error"] == "" for r in rows.values())
