@@ -60,7 +60,9 @@ class TreeManager:
         executor: Any,
         search: dict[str, Any],
         seed: int = 0,
+        fingerprint: str = "",
     ) -> None:
+        self.fingerprint = fingerprint  # of the config a trace was made with: reruns compare it
         self.agents = [AgentConfig.model_validate(a) for a in agents]
         self.search = SearchConfig.model_validate(search)
         self.llm = _RayLLM(agent_models)
@@ -103,6 +105,7 @@ class TreeManager:
                     row = await self._search(p, split)
                 finally:
                     self.progress["in_flight"] -= 1
+                row["fingerprint"] = self.fingerprint
                 self._write(row, run_dir, split)
                 return p.id
 
@@ -187,6 +190,7 @@ class TreeManager:
             "programs": json.dumps(row["programs"]),
             "prefs": json.dumps(row["prefs"]),
             "examples": json.dumps(row["examples"]),
+            "fingerprint": row.get("fingerprint", ""),
         }
         tmp = path.with_suffix(".tmp")
         pq.write_table(pa.Table.from_pylist([flat]), tmp)

@@ -99,6 +99,12 @@ class SearchConfig(_Strict):
     c_base: float = Field(10.0, gt=0)
     c: float = 4.0
     concurrent_trees: int = Field(8, ge=1)
+    train_limit: int | None = Field(
+        None, ge=1, description="explore only the first N train problems"
+    )
+    test_limit: int | None = Field(
+        None, ge=1, description="report mcts on the first N test problems"
+    )
 
 
 class ClusterConfig(_Strict):

@@ -42,6 +42,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
     problems = {p.id: p for p in load_problems(cfg.data)}
     split = make_split(list(problems.values()), cfg.data, run.root)
     start = time.perf_counter()
+    fingerprint = cfg.fingerprint("data", "models", "agents", "search", "eval", "seed")
     used = sorted({a.model for a in cfg.agents})
     models = {
         m: [create_agent_llm(cfg.models[m], f"{m}:{i}") for i in range(cfg.models[m].replicas)]
@@ -57,9 +58,21 @@ def explore(cfg: Config, run: RunDir) -> dict:
         pool,
         cfg.search.model_dump(),
         cfg.seed,
+        fingerprint,
     )
-    for name, ids in (("train", split.train), ("test", split.test)):
-        todo = [problems[i] for i in ids if not trace_path(run.root, name, i).exists()]
+    train_ids = split.train[: cfg.search.train_limit]
+    test_ids = split.test[: cfg.search.test_limit]
+
+    def explored(name: str, pid: str) -> bool:
+        path = trace_path(run.root, name, pid)
+        if not path.exists():
+            return False
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=["fingerprint"]).column(0)[0].as_py() == fingerprint
+
+    for name, ids in (("train", train_ids), ("test", test_ids)):
+        todo = [problems[i] for i in ids if not explored(name, i)]
         if len(todo) < len(ids):
             log.info(
                 "%s: %d of %d problems already explored, skipped",
@@ -84,7 +97,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
                     ray.get(ref)
                     break
     stats = ray.get(tm.get_progress.remote())
-    train_rows = _read_traces(run, "train")
+    train_rows = [r for r in _read_traces(run, "train") if r["problem_id"] in set(train_ids)]
     sft = {k: [] for k in ("p2t", "t2c", "p2c")}
     prefs = []
     for row in train_rows:
@@ -96,7 +109,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
     write_jsonl(run.root / "sft" / "prefs.jsonl", prefs)
 
     test_rows = {r["problem_id"]: r for r in _read_traces(run, "test")}
-    test = [problems[i] for i in split.test if i in test_rows]
+    test = [problems[i] for i in test_ids if i in test_rows]
 
     def score(probs: list, programs: list[str]) -> list:
         return ray.get(

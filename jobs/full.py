@@ -4,8 +4,8 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         $PWD/.venv/bin/python jobs/full.py --config configs/local.yaml --run-dir $PWD/runs/demo
 
-Stages so far: the zero-shot baseline of the base model on the test split, its programs scored
-in the sandbox (ExecutorPool) on the complete tests.
+Stages so far: the zero-shot baseline of the base model on the test split (programs scored in the
+sandbox on the complete tests), then Boost: MC-Tree-Of-Agents exploration (jobs/explore.py).
 """
 
 from __future__ import annotations
@@ -85,15 +85,31 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__.splitlines()[1]).parse_args(argv)
+    p = parser(__doc__.splitlines()[1])
+    p.add_argument("--stages", choices=["all", "zero_shot", "explore"], default="all")
+    args = p.parse_args(argv)
     cfg = load(args)
     run = RunDir(args.run_dir)
     init_ray(cfg)
-    summary = zero_shot(cfg, run)
-    log.info("base_zero_shot: %s", summary)
+    if args.stages in ("all", "zero_shot"):
+        fp = cfg.fingerprint("data", "models", "base_model", "eval", "seed")
+        done = run.load_results()["methods"].get("base_zero_shot", {})
+        if done.get("fingerprint") == fp:
+            log.info("base_zero_shot: done for this config, skipped")
+        else:
+            summary = zero_shot(cfg, run)
+            summary["fingerprint"] = fp
+            run.record_method("base_zero_shot", summary, {})
+            log.info("base_zero_shot: %s", summary)
+    if args.stages in ("all", "explore"):
+        from explore import explore
+
+        mcts = explore(cfg, run)
+        log.info("mcts: %s", {k: v for k, v in mcts.items() if k != "progress"})
     results = run.load_results()
     print("\n" + format_table(results["methods"]))
-    print(f"\nbase_zero_shot pass@1 = {summary['pass@1']:.3f} on {summary['n']} test problems")
+    for name, m in results["methods"].items():
+        print(f"{name} pass@1 = {m['pass@1']:.3f} on {m['n']} test problems")
     print(f"results: {run.results}")
     return results
 

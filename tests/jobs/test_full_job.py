@@ -52,6 +52,8 @@ def test_zero_shot_job_writes_samples_the_harness_scores_to_the_printed_pass_at_
             [
                 "--run-dir",
                 str(run),
+                "--stages",
+                "zero_shot",
                 "--set",
                 "data.max_test=6",
                 "--set",
@@ -104,6 +106,8 @@ def test_zero_shot_job_with_the_tiny_model_keeps_earlier_methods(ray_session, tm
         [
             "--run-dir",
             str(run),
+            "--stages",
+            "zero_shot",
             "--set",
             "data.max_test=3",
             "--set",
@@ -116,6 +120,25 @@ def test_zero_shot_job_with_the_tiny_model_keeps_earlier_methods(ray_session, tm
     m = results["methods"]["base_zero_shot"]
     assert m["n"] == 3 and m["pass@1"] == 0.0 and m["completion_tokens"] > 0
     assert len(read_jsonl(run / "eval" / "samples" / "base_zero_shot.jsonl")) == 3
+    # the same config again: the stage is skipped, nothing is rewritten
+    stamp = (run / "eval" / "results.json").stat().st_mtime_ns
+    args = [
+        "--run-dir",
+        str(run),
+        "--stages",
+        "zero_shot",
+        "--set",
+        "data.max_test=3",
+        "--set",
+        "models.smollm2.path=tiny-random-llama",
+        "--set",
+        "eval.max_tokens=16",
+    ]
+    again = full.main(args)
+    assert again["methods"]["base_zero_shot"] == results["methods"]["base_zero_shot"] | {
+        "fingerprint": again["methods"]["base_zero_shot"]["fingerprint"]
+    }
+    assert (run / "eval" / "results.json").stat().st_mtime_ns == stamp
 
 
 def test_a_config_error_exits_2_naming_the_key(tmp_path):

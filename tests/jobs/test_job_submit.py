@@ -75,7 +75,7 @@ def test_job_submit_runs_the_zero_shot_job_and_lists_it(head, tmp_path):
             "job", "submit", "--address", address, "--working-dir", ".", "--",
             sys.executable, "jobs/full.py", "--run-dir", str(run),
             "--set", "data.max_test=2", "--set", "models.smollm2.path=tiny-random-llama",
-            "--set", "eval.max_tokens=8",
+            "--set", "eval.max_tokens=8", "--stages", "zero_shot",
             env=env,
         )  # fmt: skip
         # a head that answers `job list` may still be starting its job agent
