@@ -80,6 +80,7 @@ class TreeManager:
             in_flight=0,
         )
         self._metrics = self._make_metrics()
+        self._active: dict[str, MCTS] = {}
 
     @staticmethod
     def _make_metrics() -> dict[str, Any]:
@@ -92,7 +93,15 @@ class TreeManager:
             return {}
 
     def get_progress(self) -> dict[str, int]:
-        return dict(self.progress)
+        """Finished trees' totals plus what the trees in flight have done so far."""
+        out = dict(self.progress)
+        for m in self._active.values():
+            st = m.stats
+            out["rollouts"] += st.rollouts
+            out["llm_calls"] += st.llm_calls
+            out["executions"] += st.executions
+            out["tokens"] += st.prompt_tokens + st.completion_tokens
+        return out
 
     async def explore(self, problems: list[Problem], split: str, run_dir: str) -> list[str]:
         """Search every problem (at most `concurrent_trees` at once); returns the ids done."""
@@ -114,9 +123,12 @@ class TreeManager:
     async def _search(self, problem: Problem, split: str) -> dict[str, Any]:
         start = time.perf_counter()
         try:
-            result = await MCTS(
-                problem, self.agents, self.llm, self.checker, self.search, seed=self.seed
-            ).run()
+            mcts = MCTS(problem, self.agents, self.llm, self.checker, self.search, seed=self.seed)
+            self._active[problem.id] = mcts
+            try:
+                result = await mcts.run()
+            finally:
+                self._active.pop(problem.id, None)
             row = result.to_row()
             # verify on the hidden tests (all tests when the split left none hidden)
             hidden = problem.hidden_tests or problem.tests

@@ -83,7 +83,13 @@ def explore(cfg: Config, run: RunDir) -> dict:
         if not todo:
             continue
         ref = tm.explore.remote(todo, name, str(run.root))
-        with tqdm(total=len(todo), desc=f"explore {name}", unit="problem") as bar:
+        interactive = sys.stderr.isatty()
+        with tqdm(
+            total=len(todo),
+            desc=f"explore {name}",
+            unit="problem",
+            mininterval=1 if interactive else 30,
+        ) as bar:
             base = ray.get(tm.get_progress.remote())
             while True:
                 ready, _ = ray.wait([ref], timeout=1.0)
@@ -91,7 +97,10 @@ def explore(cfg: Config, run: RunDir) -> dict:
                 done = prog["done"] + prog["failed"] - base["done"] - base["failed"]
                 bar.update(done - bar.n)
                 bar.set_postfix(
-                    rollouts=prog["rollouts"], llm=prog["llm_calls"], execs=prog["executions"]
+                    rollouts=prog["rollouts"],
+                    llm=prog["llm_calls"],
+                    execs=prog["executions"],
+                    refresh=False,
                 )
                 if ready:
                     ray.get(ref)
