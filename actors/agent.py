@@ -9,6 +9,7 @@ in-flight calls (``max_restarts`` / ``max_task_retries`` from the model's config
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ class _Request:
     prompts: list[Prompt]
     sampling: Sampling
     future: asyncio.Future = field(repr=False)
+
+
+def _batch_key(sampling: Sampling) -> Sampling:
+    return dataclasses.replace(sampling, seed=None)
 
 
 class AgentLLM:
@@ -96,9 +101,11 @@ class AgentLLM:
                     break
             while not self.queue.empty():  # whatever else already arrived joins too
                 pending.append(self.queue.get_nowait())
-            key = pending[0].sampling
-            group = [r for r in pending if r.sampling == key]
-            pending = [r for r in pending if r.sampling != key]
+            # callers' seeds differ (each tree seeds its own calls); a batch runs under the
+            # first request's seed, so only the other settings must match to share a batch
+            key = _batch_key(pending[0].sampling)
+            group = [r for r in pending if _batch_key(r.sampling) == key]
+            pending = [r for r in pending if _batch_key(r.sampling) != key]
             await self._run(group)
 
     async def _run(self, group: list[_Request]) -> None:

@@ -62,3 +62,15 @@ def test_bad_prompts_fail_the_call_not_the_actor(ray_session):
         ray.get(actor.generate.remote([42], Sampling()))
     assert ray.get(actor.generate.remote(["ok"], Sampling(max_tokens=2)))
     ray.kill(actor)
+
+
+def test_requests_differing_only_in_seed_share_a_batch():
+    agent = AgentLLM(TINY.model_dump(), "local")
+    a = Sampling(max_tokens=4, temperature=0.8, seed=1)
+    b = Sampling(max_tokens=4, temperature=0.8, seed=2)
+
+    async def run():
+        return await asyncio.gather(agent.generate(["x"], a), agent.generate(["y"], b))
+
+    asyncio.run(run())
+    assert agent.info()["batches"] == 1
