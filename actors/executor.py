@@ -60,14 +60,29 @@ def create_executor_pool(
     name: str = "bdc:executor",
     max_pending: int = 256,
     max_restarts: int = 3,
+    num_cpus: float | None = None,
+    ready_timeout_s: float = 120.0,
 ) -> Any:
-    """Start (or reuse) the pool. It asks Ray for as many CPUs as it has slots."""
+    """Start (or reuse) the pool and wait until it runs. It reserves `num_cpus` (default: one
+    per slot); a pool the cluster cannot place fails with a message instead of hanging."""
     slots = slots or max(1, os.cpu_count() or 1)
-    return ExecutorPoolActor.options(
+    cpus = slots if num_cpus is None else num_cpus
+    pool = ExecutorPoolActor.options(
         name=name,
         get_if_exists=True,
-        num_cpus=slots,
+        num_cpus=cpus,
         max_concurrency=max_pending,
         max_restarts=max_restarts,
         max_task_retries=max_restarts,
     ).remote(slots, limits)
+    try:
+        ray.get(pool.stats.remote(), timeout=ready_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(pool)
+        free = ray.available_resources().get("CPU", 0)
+        raise RuntimeError(
+            f"the ExecutorPool asks Ray for {cpus} CPU(s) and could not be placed within "
+            f"{ready_timeout_s:.0f} s ({free} CPU free now): lower eval.executor_cpus or "
+            "eval.workers, or give Ray more CPUs (resources.num_cpus)"
+        ) from None
+    return pool

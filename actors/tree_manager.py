@@ -154,7 +154,7 @@ class TreeManager:
                 ("tokens", s.prompt_tokens + s.completion_tokens),
             ):
                 self.progress[key] += val
-                if key in self._metrics:
+                if key in self._metrics and val > 0:  # Ray counters refuse 0
                     self._metrics[key].inc(val)
             self.progress["done"] += 1
         except Exception as e:  # noqa: BLE001 - one bad tree must not stop the job

@@ -56,6 +56,9 @@ class ModelConfig(_Strict):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0, description="how long an actor waits to fill a batch")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads of a CPU transformers backend (Ray gives 1 per CPU)"
+    )
     max_restarts: int = Field(3, ge=-1)
     max_task_retries: int = Field(3, ge=-1)
     # openai backend
@@ -173,6 +176,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     timeout_s: float = Field(3.0, gt=0)
     workers: int = Field(4, ge=1, description="parallel test executions")
+    executor_cpus: float | None = Field(
+        None, ge=0, description="CPUs the ExecutorPool reserves in Ray (default: workers)"
+    )
 
 
 class ResourcesConfig(_Strict):

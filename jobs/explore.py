@@ -50,6 +50,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
     }
     pool = create_executor_pool(
         slots=cfg.eval.workers,
+        num_cpus=cfg.eval.executor_cpus,
         limits={"test_timeout_s": cfg.eval.timeout_s, "total_timeout_s": cfg.eval.timeout_s * 4},
     )
     tm = TreeManagerActor.options(num_cpus=0, max_concurrency=16).remote(
@@ -69,7 +70,9 @@ def explore(cfg: Config, run: RunDir) -> dict:
             return False
         import pyarrow.parquet as pq
 
-        return pq.read_table(path, columns=["fingerprint"]).column(0)[0].as_py() == fingerprint
+        row = pq.read_table(path, columns=["fingerprint", "error"]).to_pylist()[0]
+        # a tree that raised is tried again; one made under another config is redone
+        return row["fingerprint"] == fingerprint and not row["error"]
 
     for name, ids in (("train", train_ids), ("test", test_ids)):
         todo = [problems[i] for i in ids if not explored(name, i)]

@@ -59,6 +59,7 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
         ray.kill(r)
     pool = create_executor_pool(
         slots=cfg.eval.workers,
+        num_cpus=cfg.eval.executor_cpus,
         limits={"test_timeout_s": cfg.eval.timeout_s, "total_timeout_s": cfg.eval.timeout_s * 4},
     )
 

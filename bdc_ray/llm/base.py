@@ -83,6 +83,19 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
 
 def make_backend(model_cfg: Any) -> Backend:
     """Build the backend a :class:`bdc_ray.config.ModelConfig` names."""
+    try:
+        return _make_backend(model_cfg)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        bad = str(e).split("argument")[-1].strip(" '\"")
+        raise ValueError(
+            f"models option {bad!r} is not an option of the {model_cfg.backend} backend "
+            f"(options given: {sorted(model_cfg.options)})"
+        ) from None
+
+
+def _make_backend(model_cfg: Any) -> Backend:
     from .models import resolve_model
 
     if model_cfg.backend == "transformers":
@@ -92,6 +105,7 @@ def make_backend(model_cfg: Any) -> Backend:
             resolve_model(model_cfg.path),
             dtype=model_cfg.dtype,
             max_batch_size=model_cfg.max_batch_size,
+            num_threads=model_cfg.num_threads,
             **model_cfg.options,
         )
     if model_cfg.backend == "vllm":

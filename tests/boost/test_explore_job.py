@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -68,11 +69,14 @@ def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_sess
 def test_an_interrupted_run_finishes_only_the_rest(ray_session, tmp_path):
     run = tmp_path / "run"
     explore.main(["--run-dir", str(run), *TINY])
-    victim = sorted((run / "traces").glob("train--*.parquet"))[0]
+    victim, failed = sorted((run / "traces").glob("train--*.parquet"))[:2]
     victim.unlink()  # as if the job died before this problem finished
-    kept = {p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet")}
+    row = pq.read_table(failed).to_pylist()[0]  # and as if this tree had raised
+    pq.write_table(pa.Table.from_pylist([{**row, "error": "RuntimeError: boom"}]), failed)
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet") if p != failed}
     again = explore.main(["--run-dir", str(run), *TINY])
-    assert again["progress"]["done"] == 1 and victim.exists()
+    assert again["progress"]["done"] == 2 and victim.exists()
+    assert pq.read_table(failed).to_pylist()[0]["error"] == ""
     assert {
         p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet") if p.name in kept
     } == kept

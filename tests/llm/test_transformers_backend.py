@@ -93,3 +93,14 @@ def test_truncate_at_stop_takes_the_earliest():
     assert truncate_at_stop("abcXdefY", ("Y", "X")) == ("abc", True)
     assert truncate_at_stop("abc", ("Z",)) == ("abc", False)
     assert truncate_at_stop("abc", ()) == ("abc", False)
+
+
+def test_an_option_the_backend_does_not_take_is_named():
+    from bdc_ray.config import ModelConfig
+    from bdc_ray.llm.base import make_backend
+
+    cfg = ModelConfig(path="tiny-random-llama", options={"gpu_memory_utilization": 0.5})
+    with pytest.raises(
+        ValueError, match="'gpu_memory_utilization' is not an option of the transformers backend"
+    ):
+        make_backend(cfg)
