@@ -44,7 +44,7 @@ def engine_efficiency(model: str, n_problems: int, tmp: Path) -> dict:
         AgentConfig(name="coder", model="m", temperature=0.8, max_tokens=128),
     ]
     search = SearchConfig(
-        width=2, trials=2, rollouts=2, max_refines=1, early_stop=False, concurrent_trees=n_problems
+        width=2, trials=1, rollouts=1, max_refines=1, early_stop=False, concurrent_trees=n_problems
     )
     llm = create_agent_llm(
         ModelConfig(path=model, max_batch_size=16, batch_wait_ms=20, num_cpus=1), "bench:0"
@@ -128,9 +128,9 @@ class InstantChecker:
         return CheckResult("failed", [TestResult(0, "passed"), TestResult(1, "failed", "x")], 0.0)
 
 
-def scaling(sizes: list[int], latency: float, tmp: Path) -> list[dict]:
+def scaling(sizes: list[int], latency: float, tmp: Path, rollouts: int = 4) -> list[dict]:
     problem_pool = load_humaneval()
-    search = SearchConfig(width=2, trials=1, rollouts=2, max_refines=0, early_stop=False)
+    search = SearchConfig(width=2, trials=1, rollouts=rollouts, max_refines=0, early_stop=False)
     agent = AgentConfig(name="agent", model="m")
     checker = InstantChecker.remote()
     rows = []
@@ -161,6 +161,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--problems", type=int, default=4)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--latency", type=float, default=0.25)
+    ap.add_argument("--rollouts", type=int, default=4, help="per tree in the scaling run")
     ap.add_argument("--skip-engine", action="store_true")
     args = ap.parse_args(argv)
     import tempfile
@@ -175,7 +176,7 @@ def main(argv=None) -> dict:
             f"tok/s at batch {eng['avg_batch']}: efficiency {eng['efficiency']}"
         )
         result.update(eng)
-    rows = scaling(args.sizes, args.latency, tmp)
+    rows = scaling(args.sizes, args.latency, tmp, args.rollouts)
     base = rows[0]["calls_per_s"]
     print(f"\n{'actors':>6} {'calls':>6} {'wall s':>7} {'calls/s':>8} {'efficiency':>10}")
     for r in rows:
