@@ -43,6 +43,12 @@ def head(tmp_path):
             f"--port={port}",
             f"--dashboard-port={dash}",
             "--node-ip-address=127.0.0.1",
+            # every port of its own: the test session's Ray already holds the defaults (its
+            # dashboard agent on 52365 would leave this head without one: "No available agent")
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
             "--num-cpus=2",
             "--disable-usage-stats",
         ],
@@ -69,8 +75,10 @@ def head(tmp_path):
 def test_job_submit_runs_the_zero_shot_job_and_lists_it(head, tmp_path):
     address, env = head
     run = tmp_path / "run"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
+    attempts = 0
     while True:
+        attempts += 1
         sub = _ray(
             "job", "submit", "--address", address, "--working-dir", ".", "--",
             sys.executable, "jobs/full.py", "--run-dir", str(run),
@@ -79,10 +87,10 @@ def test_job_submit_runs_the_zero_shot_job_and_lists_it(head, tmp_path):
             env=env,
         )  # fmt: skip
         # a head that answers `job list` may still be starting its job agent
-        if "No available agent" not in sub.stderr or time.monotonic() > deadline:
+        if "No available agent" not in sub.stdout + sub.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
+    assert sub.returncode == 0, f"{attempts} attempts\n" + sub.stdout[-2000:] + sub.stderr[-2000:]
     assert "base_zero_shot pass@1 = 0.000 on 2 test problems" in sub.stdout
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["methods"]["base_zero_shot"]["n"] == 2
