@@ -106,3 +106,49 @@ def test_killing_an_agent_actor_mid_run_still_completes_every_problem_once(ray_s
     ids = [r["problem_id"] for r in rows.values()]
     assert len(ids) == 5 and len(set(ids)) == 5
     assert all(r["error"] == "" for r in rows.values())
+
+
+def test_solved_train_problems_give_sft_examples_in_the_shared_chat_format(ray_session, tmp_path):
+    """Agents served by a real OpenAI-compatible server that writes the canonical solution:
+    every train problem is solved, passes its hidden tests, and yields p2t, t2c and p2c."""
+    from bdc_ray.boost.prompts import p2t_messages, simulate_messages
+    from bdc_ray.data import load_humaneval
+    from bdc_ray.llm.prompts import direct_messages
+    from tests.helpers.openai_server import OpenAITestServer
+
+    problems = load_humaneval()
+
+    def respond(messages, body):
+        user = messages[-1]["content"]
+        if "Propose" in user:
+            text = '[{"thought": "Use a loop over the input.", "Reasonableness": 0.9}]'
+        else:
+            p = next(p for p in problems if p.prompt in user)
+            text = f"```python\n{p.prompt}{p.canonical_solution}\n```"
+        return text, 10, 20, "stop"
+
+    run = tmp_path / "run"
+    with OpenAITestServer(respond, model="oracle") as server:
+        explore.main([
+            "--run-dir", str(run), *TINY,
+            "--set", "models.smollm2.backend=openai",
+            "--set", f"models.smollm2.base_url={server.base_url}",
+            "--set", "models.smollm2.served_name=oracle",
+        ])  # fmt: skip
+    by_problem = {}
+    for kind in ("p2t", "t2c", "p2c"):
+        rows = read_jsonl(run / "sft" / f"{kind}.jsonl")
+        assert len(rows) == 3 and {r["kind"] for r in rows} == {kind}
+        by_problem[kind] = {r["problem_id"]: r for r in rows}
+    pid = next(iter(by_problem["p2c"]))
+    p = next(x for x in problems if x.id == pid)
+    assert by_problem["p2t"][pid]["messages"] == p2t_messages(p)
+    assert by_problem["p2t"][pid]["response"] == "1. Use a loop over the input."
+    assert by_problem["t2c"][pid]["messages"] == simulate_messages(
+        p, ["Use a loop over the input."]
+    )
+    assert by_problem["p2c"][pid]["messages"] == direct_messages(p)
+    assert p.canonical_solution.strip() in by_problem["p2c"][pid]["response"]
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["methods"]["mcts"]["pass@1"] == 1.0
+    assert results["methods"]["mcts"]["train_passed_hidden"] == 3
