@@ -86,3 +86,22 @@ def create_executor_pool(
             "eval.workers, or give Ray more CPUs (resources.num_cpus)"
         ) from None
     return pool
+
+
+def executor_pool_for(eval_cfg: Any) -> Any:
+    """The pool an evaluation config asks for (:class:`bdc_ray.config.EvalConfig`)."""
+    return create_executor_pool(
+        slots=eval_cfg.workers,
+        num_cpus=eval_cfg.executor_cpus,
+        limits={"test_timeout_s": eval_cfg.timeout_s, "total_timeout_s": eval_cfg.timeout_s * 4},
+    )
+
+
+def pool_scorer(pool: Any):
+    """A scorer for :func:`bdc_ray.eval.methods.record_answers`: complete tests, in the pool."""
+
+    def score(problems: list[Problem], programs: list[str]) -> list[CheckResult]:
+        refs = [pool.check.remote(prog, p) for p, prog in zip(problems, programs, strict=True)]
+        return ray.get(refs)
+
+    return score

@@ -36,7 +36,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
     from tqdm import tqdm
 
     from actors.agent import create_agent_llm
-    from actors.executor import create_executor_pool
+    from actors.executor import executor_pool_for, pool_scorer
     from actors.tree_manager import TreeManagerActor, trace_path
 
     problems = {p.id: p for p in load_problems(cfg.data)}
@@ -48,11 +48,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
         m: [create_agent_llm(cfg.models[m], f"{m}:{i}") for i in range(cfg.models[m].replicas)]
         for m in used
     }
-    pool = create_executor_pool(
-        slots=cfg.eval.workers,
-        num_cpus=cfg.eval.executor_cpus,
-        limits={"test_timeout_s": cfg.eval.timeout_s, "total_timeout_s": cfg.eval.timeout_s * 4},
-    )
+    pool = executor_pool_for(cfg.eval)
     tm = TreeManagerActor.options(num_cpus=0, max_concurrency=16).remote(
         [a.model_dump() for a in cfg.agents],
         {a.name: models[a.model] for a in cfg.agents},
@@ -123,11 +119,6 @@ def explore(cfg: Config, run: RunDir) -> dict:
     test_rows = {r["problem_id"]: r for r in _read_traces(run, "test")}
     test = [problems[i] for i in test_ids if i in test_rows]
 
-    def score(probs: list, programs: list[str]) -> list:
-        return ray.get(
-            [pool.check.remote(prog, p) for p, prog in zip(probs, programs, strict=True)]
-        )
-
     from bdc_ray.boost.data import solution_code
 
     answers = [f"```python\n{solution_code(p, test_rows[p.id]['best_program'])}\n```" for p in test]
@@ -137,7 +128,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
         "mcts",
         test,
         answers,
-        scorer=score,
+        scorer=pool_scorer(pool),
         extra={
             "completion_tokens": sum(s.get("completion_tokens", 0) for s in tree_stats),
             "llm_calls": sum(s.get("llm_calls", 0) for s in tree_stats),

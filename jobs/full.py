@@ -24,13 +24,13 @@ from bdc_ray.llm.prompts import direct_messages
 from bdc_ray.rundir import RunDir
 
 
-def zero_shot(cfg: Config, run: RunDir) -> dict:
+def zero_shot(cfg: Config, run: RunDir, fingerprint: str = "") -> dict:
     """Base model, greedy, problem -> code, scored on the complete tests."""
     import ray
     from tqdm import tqdm
 
     from actors.agent import create_agent_llm
-    from actors.executor import create_executor_pool
+    from actors.executor import executor_pool_for, pool_scorer
 
     problems = {p.id: p for p in load_problems(cfg.data)}
     split = make_split(list(problems.values()), cfg.data, run.root)
@@ -57,28 +57,20 @@ def zero_shot(cfg: Config, run: RunDir) -> dict:
     gen_s = time.perf_counter() - start
     for r in replicas:
         ray.kill(r)
-    pool = create_executor_pool(
-        slots=cfg.eval.workers,
-        num_cpus=cfg.eval.executor_cpus,
-        limits={"test_timeout_s": cfg.eval.timeout_s, "total_timeout_s": cfg.eval.timeout_s * 4},
-    )
-
-    def score(problems: list, programs: list[str]) -> list:
-        return ray.get(
-            [pool.check.remote(prog, p) for p, prog in zip(problems, programs, strict=True)]
-        )
-
+    pool = executor_pool_for(cfg.eval)
     summary = record_answers(
         run,
         "base_zero_shot",
         test,
         [c.text for c in completions],
-        scorer=score,
+        scorer=pool_scorer(pool),
         extra={
             "completion_tokens": sum(c.completion_tokens for c in completions),
             "generate_s": round(gen_s, 1),
+            "fingerprint": fingerprint,
         },
     )
+    # wall time includes scoring, so it is known only now
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     run.record_method("base_zero_shot", summary, {})
     ray.kill(pool)
@@ -98,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         if done.get("fingerprint") == fp:
             log.info("base_zero_shot: done for this config, skipped")
         else:
-            summary = zero_shot(cfg, run)
-            summary["fingerprint"] = fp
-            run.record_method("base_zero_shot", summary, {})
+            summary = zero_shot(cfg, run, fp)
             log.info("base_zero_shot: %s", summary)
     if args.stages in ("all", "explore"):
         from explore import explore

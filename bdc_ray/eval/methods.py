@@ -13,19 +13,6 @@ from ..rundir import RunDir, write_jsonl
 Scorer = Callable[[list[Problem], list[str]], list[Any]]
 
 
-def sandbox_scorer(sandbox: Any) -> Scorer:
-    """Score in-process with a :class:`bdc_ray.sandbox.Sandbox` (complete tests)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def score(problems: list[Problem], programs: list[str]) -> list[Any]:
-        with ThreadPoolExecutor(sandbox.concurrency) as pool:
-            return list(
-                pool.map(lambda a: sandbox.check(a[1], a[0]), zip(problems, programs, strict=True))
-            )
-
-    return score
-
-
 def record_answers(
     run: RunDir,
     method: str,
