@@ -61,6 +61,11 @@ class ModelConfig(_Strict):
     )
     max_restarts: int = Field(3, ge=-1)
     max_task_retries: int = Field(3, ge=-1)
+    adapter: str | None = Field(
+        None,
+        description="peft LoRA adapter folder applied to the model (merged into the weights by "
+        "the transformers backend, a LoRARequest on vLLM)",
+    )
     # openai backend
     base_url: str | None = None
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
@@ -74,6 +79,8 @@ class ModelConfig(_Strict):
     def _openai_needs_url(self) -> ModelConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("base_url is required when backend is 'openai'")
+        if self.backend == "openai" and self.adapter:
+            raise ValueError("adapter: the openai backend cannot apply an adapter; serve it")
         return self
 
 
@@ -111,12 +118,41 @@ class SearchConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    encoder: str = "all-minilm-l6-v2"
-    k: int | Literal["auto"] = 3
+    """Disentangle, first half: which examples, how they are embedded and clustered."""
+
+    encoder: str = Field(
+        "all-minilm-l6-v2",
+        description="'all-minilm-l6-v2' (embedded), a local sentence-transformers/HF folder, or "
+        "a hub id",
+    )
+    kinds: list[Literal["p2t", "t2c", "p2c"]] = Field(
+        default_factory=lambda: ["p2t", "t2c", "p2c"], description="SFT files that are used"
+    )
+    reference_solutions: bool = Field(
+        False,
+        description="also train on the train split's reference solutions (p2c, source "
+        "'reference'): for models too small to solve problems in search",
+    )
+    k: int | Literal["auto"] = Field(
+        3, description="clusters, or 'auto': elbow of SSE over k_min..k_max"
+    )
     k_min: int = Field(2, ge=2)
     k_max: int = Field(6, ge=2)
+    niter: int = Field(50, ge=1, description="faiss k-means iterations")
+    nredo: int = Field(5, ge=1, description="faiss k-means restarts; the lowest SSE is kept")
     seed: int = 0
     embed_batch_size: int = Field(64, ge=1)
+    embed_workers: int = Field(1, ge=1, description="Ray Data actors embedding in parallel")
+    embed_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor")
+    embed_gpus: float = Field(0.0, ge=0, description="GPUs per embedding actor")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ClusterConfig:
+        if isinstance(self.k, int) and self.k < 1:
+            raise ValueError("k must be >= 1 or 'auto'")
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
+        return self
 
 
 class ExpertsConfig(_Strict):
@@ -128,11 +164,26 @@ class ExpertsConfig(_Strict):
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(4, ge=1)
     max_seq_len: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="linear warm-up, then linear decay")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="0 turns clipping off")
     zero_stage: Literal[0, 1, 2, 3] = 2
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel) per expert")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16 turns on DeepSpeed's bf16 mode (GPUs)"
+    )
+    max_concurrent: int = Field(
+        4, ge=1, description="experts trained at once; Ray queues workers beyond the cluster"
+    )
+    checkpoint_every: int = Field(20, ge=1, description="steps between checkpoints")
+    max_failures: int = Field(2, ge=-1, description="worker failures survived per expert")
+    full: bool = Field(True, description="also train the `full` adapter on all examples")
     merges: list[Literal["linear", "ties", "dare"]] = Field(
         default_factory=lambda: ["linear", "ties", "dare"]
     )
+    merge_density: float = Field(0.5, gt=0, le=1, description="kept fraction for TIES/DARE")
 
 
 class TuneConfig(_Strict):

@@ -106,13 +106,17 @@ def _make_backend(model_cfg: Any) -> Backend:
             dtype=model_cfg.dtype,
             max_batch_size=model_cfg.max_batch_size,
             num_threads=model_cfg.num_threads,
+            adapter=model_cfg.adapter,
             **model_cfg.options,
         )
     if model_cfg.backend == "vllm":
         from .vllm_backend import VLLMBackend
 
         return VLLMBackend(
-            resolve_model(model_cfg.path), dtype=model_cfg.dtype, **model_cfg.options
+            resolve_model(model_cfg.path),
+            dtype=model_cfg.dtype,
+            adapter=model_cfg.adapter,
+            **model_cfg.options,
         )
     if model_cfg.backend == "openai":
         from .openai_backend import OpenAIBackend

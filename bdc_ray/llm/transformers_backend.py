@@ -24,6 +24,7 @@ class TransformersBackend:
         max_batch_size: int = 16,
         device: str | None = None,
         num_threads: int | None = None,
+        adapter: str | Path | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,6 +43,14 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
+        self.adapter = str(adapter) if adapter else None
+        if adapter:
+            # a LoRA merged into the weights generates at the base model's speed
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json there")
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
         self.model.to(self.device).eval()
         self.max_batch_size = max_batch_size
         self.eos_ids = self._eos_ids()

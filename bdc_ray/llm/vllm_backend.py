@@ -25,9 +25,24 @@ def _import_vllm():
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model_path: str | Path, dtype: str = "auto", **options: Any) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        dtype: str = "auto",
+        adapter: str | Path | None = None,
+        **options: Any,
+    ) -> None:
         vllm = _import_vllm()
         self._vllm = vllm
+        self.lora = None
+        if adapter:
+            import json
+
+            from vllm.lora.request import LoRARequest
+
+            rank = json.loads((Path(adapter) / "adapter_config.json").read_text())["r"]
+            options = {"enable_lora": True, "max_lora_rank": max(rank, 8), **options}
+            self.lora = LoRARequest(Path(adapter).name, 1, str(adapter))
         self.llm = vllm.LLM(model=str(model_path), dtype=dtype, **options)
 
     def _params(self, sampling: Sampling):
@@ -47,11 +62,15 @@ class VLLMBackend:
         plain = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
         if plain:
-            results = self.llm.generate([prompts[i] for i in plain], params, use_tqdm=False)
+            results = self.llm.generate(
+                [prompts[i] for i in plain], params, use_tqdm=False, lora_request=self.lora
+            )
             for i, r in zip(plain, results, strict=True):
                 out[i] = _completion(r)
         if chats:
-            results = self.llm.chat([prompts[i] for i in chats], params, use_tqdm=False)
+            results = self.llm.chat(
+                [prompts[i] for i in chats], params, use_tqdm=False, lora_request=self.lora
+            )
             for i, r in zip(chats, results, strict=True):
                 out[i] = _completion(r)
         return out  # type: ignore[return-value]

@@ -1,0 +1,113 @@
+"""Merging baselines (SPEC.md section 3): linear, TIES and DARE merges of the cluster experts with
+peft's `add_weighted_adapter`, each saved as an ordinary peft adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# our merge name -> peft combination_type, and the per-expert weight given K experts
+COMBINATIONS = {
+    "linear": ("linear", lambda k: 1.0 / k),  # the mean of A's and the mean of B's
+    "ties": ("ties", lambda k: 1.0),  # trim to `density`, elect signs, disjoint mean
+    "dare": ("dare_linear", lambda k: 1.0 / k),  # random drop to `density`, rescale, mean
+}
+
+
+class AdapterMismatch(ValueError):
+    """Adapters that cannot be combined; the message names what differs."""
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    cfg_path = Path(path) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: not a peft adapter (no adapter_config.json)")
+    return json.loads(cfg_path.read_text())
+
+
+def check_compatible(adapters: dict[str, str | Path], base_model: str | None = None) -> dict:
+    """All adapters must share base model, rank, alpha and target modules; returns the shared
+    config. `base_model` (a path) is compared by folder name when given."""
+    cfgs = {name: read_adapter_config(p) for name, p in adapters.items()}
+    first_name, first = next(iter(cfgs.items()))
+    for name, c in cfgs.items():
+        for key in ("base_model_name_or_path", "r", "lora_alpha", "target_modules", "peft_type"):
+            a, b = first.get(key), c.get(key)
+            if key == "target_modules":
+                a, b = sorted(a or []), sorted(b or [])
+            if key == "base_model_name_or_path":
+                a, b = Path(str(a)).name, Path(str(b)).name
+            if a != b:
+                raise AdapterMismatch(
+                    f"adapter {name!r} differs from {first_name!r} in {key}: {b!r} vs {a!r}"
+                )
+    if base_model is not None:
+        want = Path(str(base_model)).name
+        got = Path(str(first.get("base_model_name_or_path"))).name
+        if got != want:
+            raise AdapterMismatch(f"adapters were trained on base model {got!r}, not on {want!r}")
+    return first
+
+
+def merge_experts(
+    base_model: str | Path,
+    experts: dict[str, str | Path],
+    out_root: str | Path,
+    kinds: list[str],
+    density: float = 0.5,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write `out_root/merged_<kind>/` for each kind; returns their paths."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if len(experts) < 2:
+        raise ValueError(f"merging needs at least 2 experts, got {len(experts)}")
+    check_compatible(experts, str(base_model))
+    names = list(experts)
+    base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(experts[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(str(experts[name]), adapter_name=name)
+    out: dict[str, Path] = {}
+    for kind in kinds:
+        if kind not in COMBINATIONS:
+            raise ValueError(f"unknown merge {kind!r}; choose from {sorted(COMBINATIONS)}")
+        combo, weight = COMBINATIONS[kind]
+        merged = f"merged_{kind}"
+        torch.manual_seed(seed)  # DARE's random drop
+        kwargs: dict[str, Any] = {}
+        if combo != "linear":
+            kwargs["density"] = density
+        model.add_weighted_adapter(
+            names, [weight(len(names))] * len(names), merged, combination_type=combo, **kwargs
+        )
+        out[kind] = _save_one(model, merged, Path(out_root) / merged, names, combo, density)
+        model.delete_adapter(merged)
+    return out
+
+
+def _save_one(
+    model: Any, adapter: str, target: Path, names: list[str], combo: str, density: float
+) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)
+    model.save_pretrained(tmp, selected_adapters=[adapter])
+    src = tmp / adapter if (tmp / adapter).is_dir() else tmp  # peft nests non-default adapters
+    (src / "merge.json").write_text(
+        json.dumps({"experts": names, "combination_type": combo, "density": density}, indent=1)
+    )
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(src, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
