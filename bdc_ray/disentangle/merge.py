@@ -13,11 +13,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# our merge name -> peft combination_type, and the per-expert weight given K experts
+# our merge name -> peft combination_type, and the per-expert weight given K experts.
+# peft multiplies each expert's A and B by sqrt(weight * alpha / r) and gives the merged adapter
+# scaling 1, so weight 1/K^2 makes the merged A and B the experts' means (times sqrt(alpha / r)):
+# delta = (alpha / r) * mean(B) @ mean(A). TIES already averages (its disjoint mean), so 1.0.
 COMBINATIONS = {
-    "linear": ("linear", lambda k: 1.0 / k),  # the mean of A's and the mean of B's
+    "linear": ("linear", lambda k: 1.0 / k**2),  # mean of A's, mean of B's
     "ties": ("ties", lambda k: 1.0),  # trim to `density`, elect signs, disjoint mean
-    "dare": ("dare_linear", lambda k: 1.0 / k),  # random drop to `density`, rescale, mean
+    "dare": ("dare_linear", lambda k: 1.0 / k**2),  # random drop to `density`, rescale, mean
 }
 
 

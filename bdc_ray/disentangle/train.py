@@ -264,6 +264,7 @@ class ExpertTraining:
         tok = AutoTokenizer.from_pretrained(spec.model_path)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = tokenize_examples(tok, spec.examples, e["max_seq_len"])
+        self.used = len(rows)
         per_epoch = steps_per_epoch(len(rows), e["batch_size"], self.world)
         total = per_epoch * e["epochs"]
         model = build_lora_model(spec.model_path, e, spec.seed)
@@ -348,6 +349,7 @@ class ExpertTraining:
             "name": spec.name,
             "steps": total,
             "examples": len(spec.examples),
+            "used_examples": self.used,  # the rest had no response token within max_seq_len
             "world_size": self.world,
             "final_loss": history["loss"][-1] if history["loss"] else None,
             "first_loss": history["loss"][0] if history["loss"] else None,
@@ -490,6 +492,7 @@ def train_single_process(
         "name": spec.name,
         "steps": done,
         "examples": len(spec.examples),
+        "used_examples": len(rows),
         "world_size": 1,
         "final_loss": history["loss"][-1],
         "first_loss": history["loss"][0],
