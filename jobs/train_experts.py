@@ -162,7 +162,9 @@ def train_experts(cfg: Config, run: RunDir, names: list[str] | None = None) -> d
         "train_wall_s": round(time.perf_counter() - start, 1),
     }
     summary["merges"] = merge(cfg, run, base)
-    atomic_write_text(run.root / "experts" / "summary.json", json.dumps(summary, indent=1))
+    path = run.root / "experts" / "summary.json"
+    if todo or not path.is_file():  # a rerun that trained nothing leaves the record as it was
+        atomic_write_text(path, json.dumps(summary, indent=1))
     return summary
 
 

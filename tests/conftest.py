@@ -57,3 +57,13 @@ def ray_session():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_rows():
+    """Real training examples without search: the reference solutions of 16 HumanEval problems."""
+    from bdc_ray.config import DataConfig
+    from bdc_ray.data import load_problems
+    from bdc_ray.disentangle.examples import reference_examples
+
+    return reference_examples(load_problems(DataConfig())[:16])
