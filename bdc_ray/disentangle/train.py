@@ -330,9 +330,11 @@ class ExpertTraining:
                     checkpoint(step, {"step": step, "loss": history["loss"][-1]}, save)
         wall = time.perf_counter() - t_start
         self.model = engine.module  # the trained peft model (tests compare it with the saved one)
-        return self._finish(engine, history, total, wall, resumed_from)
+        return self._finish(engine, history, total, wall, resumed_from, step - start_step)
 
-    def _finish(self, engine: Any, history: dict, total: int, wall: float, resumed: list) -> dict:
+    def _finish(
+        self, engine: Any, history: dict, total: int, wall: float, resumed: list, ran: int
+    ) -> dict:
         import deepspeed
 
         spec = self.spec
@@ -343,8 +345,10 @@ class ExpertTraining:
             if self.e["zero_stage"] == 3
             else _nullcontext()
         )
-        steps_here = len(history["step_s"])
-        tokens_here = sum(history["tokens"][-steps_here:]) if steps_here else 0
+        # throughput of the steps this attempt ran (a resumed run restores earlier steps' log);
+        # over step time, so start-up and checkpoint writing are not counted (wall_s has them)
+        tokens_here = sum(history["tokens"][len(history["tokens"]) - ran :]) if ran else 0
+        step_s = sum(history["step_s"][len(history["step_s"]) - ran :]) if ran else 0.0
         result = {
             "name": spec.name,
             "steps": total,
@@ -354,7 +358,8 @@ class ExpertTraining:
             "final_loss": history["loss"][-1] if history["loss"] else None,
             "first_loss": history["loss"][0] if history["loss"] else None,
             "tokens": sum(history["tokens"]),
-            "tokens_per_s": round(tokens_here / wall, 2) if wall > 0 else None,
+            "tokens_per_s": round(tokens_here / step_s, 2) if step_s > 0 else None,
+            "step_s": round(step_s, 2),
             "wall_s": round(wall, 2),
             "resumed_from": resumed,
             "fingerprint": spec.fingerprint,
@@ -461,6 +466,8 @@ def train_single_process(
     per_epoch = steps_per_epoch(len(rows), e["batch_size"], 1)
     total = per_epoch * e["epochs"]
     model = build_lora_model(spec.model_path, e, spec.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     optimizer = _optimizer(model, e)
     scheduler = linear_schedule(optimizer, total, e.get("warmup_ratio", 0.0))
     model.train()
@@ -472,7 +479,7 @@ def train_single_process(
             if max_steps is not None and done >= max_steps:
                 break
             t0 = time.perf_counter()
-            batch = collate([rows[j] for j in idx], pad_id)
+            batch = {k: v.to(device) for k, v in collate([rows[j] for j in idx], pad_id).items()}
             out = model(**batch)
             out.loss.backward()
             if e.get("grad_clip"):
@@ -497,7 +504,8 @@ def train_single_process(
         "final_loss": history["loss"][-1],
         "first_loss": history["loss"][0],
         "tokens": sum(history["tokens"]),
-        "tokens_per_s": round(sum(history["tokens"]) / wall, 2),
+        "tokens_per_s": round(sum(history["tokens"]) / sum(history["step_s"]), 2),
+        "step_s": round(sum(history["step_s"]), 2),
         "wall_s": round(wall, 2),
         "resumed_from": [],
         "fingerprint": spec.fingerprint,

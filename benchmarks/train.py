@@ -1,0 +1,193 @@
+"""Expert training throughput: what do Ray Train + DeepSpeed cost over a plain loop?
+
+    python benchmarks/train.py [--model smollm2-135m-instruct] [--steps 6] [--experts 2]
+
+1. The same LoRA (SPEC defaults: r 8, alpha 16, q_proj/v_proj) on the same examples (HumanEval
+   reference answers in the shared chat template), batch and sequence length, two ways in one run:
+   Ray Train `TorchTrainer` with one worker running DeepSpeed (ZeRO-2, gloo), and a plain
+   single-process peft + torch loop. Tokens/s count the padded batch's real tokens over the
+   training steps' time; model loading and start-up (`*_setup_s`) and writing the final
+   checkpoint (Ray Train + DeepSpeed only, `ray_ds_checkpoint_s`) are reported apart.
+   `ratio` = ray_ds_tokens_per_s / single_tokens_per_s (target >= 0.9).
+2. K experts, each a TorchTrainer of one 1-CPU worker: all K at once vs one after another
+   (wall time of the whole fit, start-up included).
+Both ways get the same CPUs. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "jobs"))
+
+import ray  # noqa: E402
+
+from bdc_ray.config import Config, DataConfig  # noqa: E402
+from bdc_ray.data import load_problems  # noqa: E402
+from bdc_ray.disentangle.examples import reference_examples  # noqa: E402
+from bdc_ray.disentangle.train import ExpertSpec, train_single_process  # noqa: E402
+from bdc_ray.llm.models import resolve_model  # noqa: E402
+
+
+def config(model: str, steps: int, batch: int, seq: int, cpus: float) -> Config:
+    return Config.model_validate(
+        {
+            "models": {"m": {"path": model}},
+            "base_model": "m",
+            "agents": [{"name": "a", "model": "m"}],
+            "experts": {
+                "batch_size": batch,
+                "max_seq_len": seq,
+                "cpus_per_worker": cpus,
+                "checkpoint_every": 10_000,  # one checkpoint, at the end, for both ways' parity
+                "max_failures": 0,
+            },
+        }
+    )
+
+
+def fit(cfg: Config, spec: ExpertSpec, storage: Path, name: str) -> tuple[dict, float]:
+    from train_experts import make_trainer
+
+    t0 = time.perf_counter()
+    make_trainer(cfg, spec, storage, name).fit()
+    wall = time.perf_counter() - t0
+    return json.loads((Path(spec.out_dir) / "train_log.json").read_text()), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--experts", type=int, default=2)
+    ap.add_argument("--expert-steps", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="alternate the two ways this many times")
+    args = ap.parse_args()
+
+    cpus = os.cpu_count() or 2
+    model = str(resolve_model(args.model))
+    problems = load_problems(DataConfig())
+    examples = reference_examples(problems)[: args.steps * args.batch]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+    # 1. one expert, the same work both ways; the ways alternate so drift hits both
+    cfg = config(args.model, args.steps, args.batch, args.seq, float(cpus))
+    e = cfg.experts.model_dump()
+    ray_runs, single_runs = [], []
+    for rep in range(args.repeats):
+        spec = ExpertSpec("bench", model, examples, str(tmp / f"ray{rep}"), e, seed=0)
+        log_ray, wall_ray = fit(cfg, spec, tmp / "storage", f"bench-{rep}")
+        ray_runs.append((log_ray, wall_ray))
+        import torch
+
+        torch.set_num_threads(cpus)
+        t0 = time.perf_counter()
+        spec1 = ExpertSpec("bench", model, examples, str(tmp / f"single{rep}"), e, seed=0)
+        log_single = train_single_process(spec1, write=False)
+        single_runs.append((log_single, time.perf_counter() - t0))
+    ray_tps = statistics.median(r[0]["tokens_per_s"] for r in ray_runs)
+    single_tps = statistics.median(r[0]["tokens_per_s"] for r in single_runs)
+    same_losses = all(
+        abs(a - b) <= 1e-3 * max(1.0, abs(b))
+        for a, b in zip(
+            ray_runs[0][0]["history"]["loss"], single_runs[0][0]["history"]["loss"], strict=True
+        )
+    )
+
+    # 2. K experts: concurrently vs one after another (1 CPU per worker, so K fit side by side)
+    kcfg = config(args.model, args.expert_steps, args.batch, args.seq, 1.0)
+    ke = kcfg.experts.model_dump()
+    n = args.expert_steps * args.batch
+    groups = [examples[i * n : (i + 1) * n] or examples[:n] for i in range(args.experts)]
+
+    def specs(tag):
+        return [
+            ExpertSpec(f"e{i}", model, g, str(tmp / f"{tag}{i}"), ke, seed=i)
+            for i, g in enumerate(groups)
+        ]
+
+    t0 = time.perf_counter()
+    for i, s in enumerate(specs("seq")):
+        fit(kcfg, s, tmp / "storage", f"seq-{i}")
+    sequential_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.experts) as pool:
+        list(
+            pool.map(
+                lambda a: fit(kcfg, a[1], tmp / "storage", f"par-{a[0]}"), enumerate(specs("par"))
+            )
+        )
+    concurrent_s = time.perf_counter() - t0
+    ray.shutdown()
+
+    rows = [
+        ("way", "tokens/s", "steps s", "ckpt s", "setup s", "final loss"),
+        *[
+            (
+                "ray_train+deepspeed",
+                f"{lg['tokens_per_s']:.1f}",
+                f"{lg['step_s']:.1f}",
+                f"{lg['wall_s'] - lg['step_s']:.1f}",
+                f"{w - lg['wall_s']:.1f}",
+                f"{lg['final_loss']:.4f}",
+            )
+            for lg, w in ray_runs
+        ],
+        *[
+            (
+                "single process",
+                f"{lg['tokens_per_s']:.1f}",
+                f"{lg['step_s']:.1f}",
+                f"{lg['wall_s'] - lg['step_s']:.1f}",
+                f"{w - lg['wall_s']:.1f}",
+                f"{lg['final_loss']:.4f}",
+            )
+            for lg, w in single_runs
+        ],
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(
+        f"\n{args.experts} experts x {args.expert_steps} steps: concurrent {concurrent_s:.1f} s, "
+        f"one after another {sequential_s:.1f} s ({sequential_s / concurrent_s:.2f}x)"
+    )
+    result = {
+        "bench": "train",
+        "model": args.model,
+        "cpus": cpus,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seq": args.seq,
+        "ray_ds_tokens_per_s": round(ray_tps, 1),
+        "single_tokens_per_s": round(single_tps, 1),
+        "ratio": round(ray_tps / single_tps, 3),
+        "ray_ds_setup_s": round(statistics.median(w - lg["wall_s"] for lg, w in ray_runs), 1),
+        "single_setup_s": round(statistics.median(w - lg["wall_s"] for lg, w in single_runs), 1),
+        "ray_ds_checkpoint_s": round(
+            statistics.median(lg["wall_s"] - lg["step_s"] for lg, _ in ray_runs), 1
+        ),
+        "same_losses": same_losses,
+        "experts": args.experts,
+        "experts_concurrent_s": round(concurrent_s, 1),
+        "experts_sequential_s": round(sequential_s, 1),
+        "concurrency_speedup": round(sequential_s / concurrent_s, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
