@@ -187,8 +187,13 @@ class ExpertsConfig(_Strict):
 
 
 class TuneConfig(_Strict):
+    """Ray Tune over the hypernetwork's settings (ASHA on validation loss)."""
+
+    enabled: bool = Field(True, description="false: one trial with the `hypernet` values")
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
     hidden: list[int] = Field(default_factory=lambda: [32, 64, 128])
     lr: tuple[float, float] = (1e-4, 1e-2)
     tau: tuple[float, float] = (0.5, 2.0)
@@ -205,6 +210,8 @@ class HypernetConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     layers: Literal["all", "first_third", "last_third"] = "all"
     epochs: int = Field(3, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_seq_len: int = Field(512, ge=16)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     patience: int = Field(2, ge=1)
     tune: TuneConfig = Field(default_factory=TuneConfig)

@@ -1,6 +1,6 @@
 """Expert training throughput: what do Ray Train + DeepSpeed cost over a plain loop?
 
-    python benchmarks/train.py [--model smollm2-135m-instruct] [--steps 6] [--experts 2]
+    python benchmarks/train.py [--model smollm2-135m-instruct] [--steps 10] [--repeats 3] [--experts 2]
 
 1. The same LoRA (SPEC defaults: r 8, alpha 16, q_proj/v_proj) on the same examples (HumanEval
    reference answers in the shared chat template), batch and sequence length, two ways in one run:
@@ -56,6 +56,16 @@ def config(model: str, steps: int, batch: int, seq: int, cpus: float) -> Config:
     )
 
 
+def settle(limit_s: float = 60.0) -> None:
+    """Wait until the machine is idle (Ray refills its worker pool after each trainer, which
+    costs seconds of CPU on 2 cores): every timed run starts from the same quiet state."""
+    import psutil
+
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end and psutil.cpu_percent(interval=1.0) > 15:
+        pass
+
+
 def fit(cfg: Config, spec: ExpertSpec, storage: Path, name: str) -> tuple[dict, float]:
     from train_experts import make_trainer
 
@@ -68,12 +78,12 @@ def fit(cfg: Config, spec: ExpertSpec, storage: Path, name: str) -> tuple[dict, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--experts", type=int, default=2)
     ap.add_argument("--expert-steps", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1, help="alternate the two ways this many times")
+    ap.add_argument("--repeats", type=int, default=3, help="alternate the two ways this many times")
     args = ap.parse_args()
 
     cpus = os.cpu_count() or 2
@@ -89,11 +99,13 @@ def main() -> None:
     ray_runs, single_runs = [], []
     for rep in range(args.repeats):
         spec = ExpertSpec("bench", model, examples, str(tmp / f"ray{rep}"), e, seed=0)
+        settle()
         log_ray, wall_ray = fit(cfg, spec, tmp / "storage", f"bench-{rep}")
         ray_runs.append((log_ray, wall_ray))
         import torch
 
         torch.set_num_threads(cpus)
+        settle()
         t0 = time.perf_counter()
         spec1 = ExpertSpec("bench", model, examples, str(tmp / f"single{rep}"), e, seed=0)
         log_single = train_single_process(spec1, write=False)
@@ -119,10 +131,12 @@ def main() -> None:
             for i, g in enumerate(groups)
         ]
 
+    settle()
     t0 = time.perf_counter()
     for i, s in enumerate(specs("seq")):
         fit(kcfg, s, tmp / "storage", f"seq-{i}")
     sequential_s = time.perf_counter() - t0
+    settle()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.experts) as pool:
         list(
@@ -130,7 +144,7 @@ def main() -> None:
                 lambda a: fit(kcfg, a[1], tmp / "storage", f"par-{a[0]}"), enumerate(specs("par"))
             )
         )
-    concurrent_s = time.perf_counter() - t0
+    concurrent_s = time.perf_counter() - t0  # settle() before each way, not inside them
     ray.shutdown()
 
     rows = [

@@ -24,10 +24,10 @@ from bdc_ray.data import load_problems, make_split
 from bdc_ray.eval.methods import format_table, record_answers
 from bdc_ray.llm.base import Sampling
 from bdc_ray.llm.prompts import direct_messages
-from bdc_ray.rundir import RunDir
+from bdc_ray.rundir import RunDir, atomic_write_text
 
 
-def test_problems(cfg: Config, run: RunDir) -> list:
+def split_test_problems(cfg: Config, run: RunDir) -> list:
     problems = {p.id: p for p in load_problems(cfg.data)}
     split = make_split(list(problems.values()), cfg.data, run.root)
     return [problems[i] for i in split.test]
@@ -49,7 +49,7 @@ def evaluate_direct(
     from actors.agent import create_agent_llm
     from actors.executor import executor_pool_for, pool_scorer
 
-    test = test_problems(cfg, run)
+    test = split_test_problems(cfg, run)
     start = time.perf_counter()
     replicas = [create_agent_llm(model_cfg, f"{method}:{i}") for i in range(model_cfg.replicas)]
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
@@ -90,12 +90,68 @@ def evaluate_direct(
     return summary
 
 
+def _customized_generate(run_dir: str, prompts: list, sampling, model_cfg: dict) -> list:
+    """Runs in a Ray task: the customised solver, every problem with its own gates."""
+    from bdc_ray.customize.solver import CustomizedSolver
+
+    solver = CustomizedSolver(
+        run_dir,
+        dtype=model_cfg["dtype"],
+        max_batch_size=model_cfg["max_batch_size"],
+        num_threads=model_cfg["num_threads"],
+    )
+    return solver.generate(prompts, sampling)
+
+
+def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict:
+    """Method `customized`: the hypernetwork-gated mixture of the cluster experts."""
+    import ray
+
+    from actors.executor import executor_pool_for, pool_scorer
+
+    test = split_test_problems(cfg, run)
+    model_cfg = cfg.models[cfg.base_model]
+    start = time.perf_counter()
+    sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
+    task = ray.remote(_customized_generate).options(
+        num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus, max_retries=1
+    )
+    completions = ray.get(
+        task.remote(
+            str(run.root.resolve()),
+            [direct_messages(p) for p in test],
+            sampling,
+            model_cfg.model_dump(),
+        )
+    )
+    gen_s = time.perf_counter() - start
+    gates = {p.id: c.meta["gates"] for p, c in zip(test, completions, strict=True)}
+    atomic_write_text(run.eval / "gates_customized.json", json.dumps(gates, indent=1))
+    pool = executor_pool_for(cfg.eval)
+    summary = record_answers(
+        run,
+        "customized",
+        test,
+        [c.text for c in completions],
+        scorer=pool_scorer(pool),
+        extra={
+            "completion_tokens": sum(c.completion_tokens for c in completions),
+            "generate_s": round(gen_s, 1),
+            "fingerprint": fingerprint,
+        },
+    )
+    ray.kill(pool)
+    summary["wall_s"] = round(time.perf_counter() - start, 1)
+    run.record_method("customized", summary, {})
+    return summary
+
+
 def eval_fingerprint(cfg: Config, adapter: Path | None = None) -> str:
     """Config of decoding and scoring, plus the adapter's own identity (its training log or
     merge record): a retrained expert is evaluated again."""
     h = hashlib.sha256(cfg.fingerprint("data", "models", "base_model", "eval", "seed").encode())
     if adapter is not None:
-        for name in ("train_log.json", "merge.json", "adapter_model.safetensors"):
+        for name in ("train_log.json", "merge.json", "adapter_model.safetensors", "hypernet.pt"):
             f = adapter / name
             if f.is_file():
                 h.update(name.encode())
@@ -124,11 +180,27 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
     """Evaluate the base model zero-shot (`base_zero_shot`) and the adapters; skip the ones
     already done for this config and adapter."""
     adapters = adapter_dirs(run)
-    wanted = methods if methods is not None else ["base_zero_shot", *adapters]
+    hyper = run.root / "hypernet"
+    has_hyper = (hyper / "hypernet.json").is_file()
+    wanted = (
+        methods
+        if methods is not None
+        else ["base_zero_shot", *adapters, *(["customized"] if has_hyper else [])]
+    )
     base_cfg = cfg.models[cfg.base_model]
     done = run.load_results()["methods"]
     out = {}
     for method in wanted:
+        if method == "customized":
+            if not has_hyper:
+                raise SystemExit(f"error: no hypernetwork in {hyper}: run jobs/tune_hypernet.py")
+            fp = eval_fingerprint(cfg, hyper)
+            if done.get(method, {}).get("fingerprint") == fp:
+                log.info("customized: evaluated for this config, skipped")
+                out[method] = done[method]
+            else:
+                out[method] = evaluate_customized(cfg, run, fp)
+            continue
         if method == "base_zero_shot":
             model_cfg, adapter = base_cfg, None
         elif method in adapters:

@@ -10,7 +10,8 @@ Stages, in order, each skipped when its outputs exist for an unchanged config:
   explore       Boost: MC-Tree-Of-Agents on train and test problems    jobs/explore.py
   disentangle   Ray Data embedding + faiss clustering of the SFT data   jobs/disentangle.py
   experts       Ray Train + DeepSpeed LoRA experts, then the merges     jobs/train_experts.py
-  evaluate      `full`, every expert and merge on the test split        jobs/evaluate.py
+  hypernet      Ray Tune search of the gating hypernetwork              jobs/tune_hypernet.py
+  evaluate      `full`, every expert and merge, and `customized`        jobs/evaluate.py
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from _common import init_ray, load, log, parser
 from bdc_ray.eval.methods import format_table
 from bdc_ray.rundir import RunDir, atomic_write_text
 
-STAGES = ["zero_shot", "explore", "disentangle", "experts", "evaluate"]
+STAGES = ["zero_shot", "explore", "disentangle", "experts", "hypernet", "evaluate"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,10 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
             from train_experts import train_experts
 
             train_experts(cfg, run)
+        elif stage == "hypernet":
+            from tune_hypernet import tune_hypernet
+
+            tune_hypernet(cfg, run)
         elif stage == "evaluate":
             from evaluate import adapter_dirs, evaluate_methods
 
-            evaluate_methods(cfg, run, list(adapter_dirs(run)))
+            hyper = (run.root / "hypernet" / "hypernet.json").is_file()
+            evaluate_methods(cfg, run, [*adapter_dirs(run), *(["customized"] if hyper else [])])
         timings[stage] = round(time.perf_counter() - t0, 1)
         log.info("stage %s: %.1f s", stage, timings[stage])
     atomic_write_text(run.root / "timings.json", json.dumps(timings, indent=1))

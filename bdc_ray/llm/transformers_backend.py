@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,13 +86,23 @@ class TransformersBackend:
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
             for i, c in zip(
-                idx, self._generate_batch([encoded[i] for i in idx], sampling), strict=True
+                idx, self._generate_rows(idx, [encoded[i] for i in idx], sampling), strict=True
             ):
                 out[i] = c
         return out  # type: ignore[return-value]
 
+    def _generate_rows(
+        self, rows: list[int], batch: list[list[int]], sampling: Sampling
+    ) -> list[Completion]:
+        """One micro-batch; `rows` are the prompts' positions in the generate call (a subclass
+        that conditions each row, like the customised solver, needs them)."""
+        return self._generate_batch(batch, sampling)
+
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[Completion]:
+    def _generate_batch(
+        self, batch: list[list[int]], sampling: Sampling, **extra: Any
+    ) -> list[Completion]:
+        """`extra` goes to `model.generate` (e.g. peft's mixed-batch `adapter_names`)."""
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt", padding=True)
         input_ids = padded["input_ids"].to(self.device)
         attention_mask = padded["attention_mask"].to(self.device)
@@ -110,7 +121,9 @@ class TransformersBackend:
             )
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, **kwargs, **extra
+        )
         new = output[:, input_ids.shape[1] :].tolist()
         # rows finished early (eos or a stop string) are filled with the pad token
         ends = set() if sampling.ignore_eos else self.eos_ids | {self.tokenizer.pad_token_id}

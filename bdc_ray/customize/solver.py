@@ -1,0 +1,111 @@
+"""The customised solver: base model + gated mixture of the cluster experts + hypernetwork,
+generating for a batch of prompts, each row with its own gates (returned with the text)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..disentangle.embed import embed_texts, load_encoder
+from ..llm.base import Completion, Prompt, Sampling, validate_prompts
+from ..llm.transformers_backend import TransformersBackend
+from .hypernet import HyperNetwork, features
+from .mixture import MixtureModel, inject_mixture
+
+log = logging.getLogger(__name__)
+
+
+def gate_text(prompt: Prompt) -> str:
+    """What the hypernetwork reads: the user turns (as in training), or the raw text."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(m["content"] for m in prompt if m["role"] != "system")
+
+
+class _GatedBackend(TransformersBackend):
+    """The transformers backend whose every micro-batch runs under its rows' gates."""
+
+    mix: MixtureModel
+    row_gates: torch.Tensor | None = None
+
+    def _generate_rows(self, rows, batch, sampling):
+        with self.mix.gated(self.row_gates[rows]):
+            return self._generate_batch(batch, sampling)
+
+
+class CustomizedSolver:
+    """Loads base model, experts, encoder, centroids and hypernetwork from a run directory."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        hypernet_dir: str | Path | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        max_batch_size: int = 16,
+        num_threads: int | None = None,
+    ) -> None:
+        run = Path(run_dir)
+        hdir = Path(hypernet_dir) if hypernet_dir else run / "hypernet"
+        if not (hdir / "hypernet.json").is_file():
+            raise FileNotFoundError(f"{hdir}: no trained hypernetwork (run jobs/tune_hypernet.py)")
+        self.hyper, self.meta = HyperNetwork.load(hdir)
+        from ..llm.models import resolve_model
+
+        base = self.meta.get("base_model_spec")
+        base = str(resolve_model(base)) if base else self.meta["base_model"]
+        self.backend = _GatedBackend(base, dtype, max_batch_size, device, num_threads)
+        experts = {n: run / "experts" / n for n in self.meta["experts"]}
+        self.mix = inject_mixture(self.backend.model, experts, base)
+        if self.mix.modules != self.meta["modules"]:
+            raise ValueError(
+                f"{hdir}: the hypernetwork was trained for other modules than the experts in "
+                f"{run / 'experts'} adapt; retrain it"
+            )
+        self.backend.mix = self.mix
+        self.hyper.to(self.backend.device)
+        self.encoder = load_encoder(self.meta["encoder"], device=str(self.backend.device))
+        self.centroids = np.load(run / "clusters" / "centroids.npy")
+        self.name = f"customized:{Path(self.meta['base_model']).name}"
+
+    @torch.no_grad()
+    def gates(self, prompts: list[Prompt]) -> torch.Tensor:
+        """(batch, n_modules, K*r) gates for these prompts."""
+        emb = embed_texts(self.encoder, [gate_text(p) for p in prompts])
+        return self.hyper(features(emb, self.centroids).to(self.backend.device))
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+        """Completions in prompt order; each carries `meta["gates"]`: {expert: its share of
+        the gate mass, averaged over modules} (K numbers summing to 1). `gates()` gives the
+        full (n_modules, K*r) gates."""
+        validate_prompts(prompts)
+        g = self.gates(prompts)
+        self.backend.row_gates = g
+        try:
+            out = self.backend.generate(prompts, sampling)
+        finally:
+            self.backend.row_gates = None
+        per_expert = self.expert_weights(g)
+        for c, w in zip(out, per_expert, strict=True):
+            c.meta["gates"] = dict(zip(self.mix.experts, w, strict=True))
+        return out
+
+    def expert_weights(self, gates: torch.Tensor) -> list[list[float]]:
+        """Each row's weight per expert: its share of the gate mass, averaged over modules."""
+        k, r = self.mix.k, self.mix.r
+        mass = gates.reshape(gates.shape[0], gates.shape[1], k, r).sum(-1)  # (B, M, K)
+        share = mass / mass.sum(-1, keepdim=True)
+        return [[round(float(x), 4) for x in row] for row in share.mean(1).cpu()]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "experts": self.mix.experts,
+            "k": self.mix.k,
+            "r": self.mix.r,
+            "modules": len(self.mix.modules),
+            "adapted_layers": self.meta.get("layers"),
+        }
