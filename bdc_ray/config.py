@@ -231,6 +231,7 @@ class ServeConfig(_Strict):
 
 class EvalConfig(_Strict):
     max_tokens: int = Field(300, ge=1)
+    thought_tokens: int = Field(128, ge=1, description="budget of base_two_stage's thoughts")
     batch_size: int = Field(16, ge=1)
     timeout_s: float = Field(3.0, gt=0)
     workers: int = Field(4, ge=1, description="parallel test executions")

@@ -73,3 +73,20 @@ def init_ray(cfg: Config) -> None:
             include_dashboard=cfg.resources.include_dashboard,
             runtime_env=runtime_env,
         )
+
+
+def run_main(main, argv: list[str] | None = None):
+    """Run a job's main; a mistake in the user's input (data file, examples, experts, model)
+    ends the job with one line naming it and exit code 2, not a traceback. Outputs already
+    written stay: every stage writes atomically and is skipped when done."""
+    from bdc_ray.customize.mixture import AdapterMismatch
+    from bdc_ray.data import ProblemLoadError
+    from bdc_ray.disentangle.cluster import ClusterError
+    from bdc_ray.disentangle.examples import ExampleError
+    from bdc_ray.llm.models import ModelNotFoundError
+
+    try:
+        return main(argv)
+    except (ExampleError, ClusterError, AdapterMismatch, ProblemLoadError, ModelNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

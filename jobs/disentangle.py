@@ -18,7 +18,7 @@ import time
 
 import _common  # noqa: F401  (puts the project on sys.path)
 import numpy as np
-from _common import init_ray, load, log, parser
+from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.config import Config
 from bdc_ray.rundir import RunDir, atomic_write_text, write_jsonl
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     cfg = load(args)
     run = RunDir(args.run_dir)
+    training_examples(cfg, run)  # a malformed example file fails here, before Ray starts
     init_ray(cfg)
     meta = disentangle(cfg, run, force=args.force)
     print(json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}))
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -3,9 +3,10 @@ scored in the sandbox on the complete tests.
 
     python jobs/evaluate.py --config configs/local.yaml --run-dir runs/demo [--methods full cluster_0]
 
-Without `--methods`: the base model zero-shot and every adapter under RUN_DIR/experts/ (the
-`full` adapter, each cluster expert, each merge). A method already evaluated under the same
-config and the same adapter is skipped.
+Without `--methods`: the base model zero-shot (`base_zero_shot`) and two-stage (thoughts, then
+code: `base_two_stage`), every adapter under RUN_DIR/experts/ (the `full` adapter, each cluster
+expert, each merge) and `customized` when RUN_DIR/hypernet/ exists. A method already evaluated
+under the same config and the same adapter is skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from _common import init_ray, load, log, parser
+from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.config import Config, ModelConfig
 from bdc_ray.data import load_problems, make_split
@@ -40,9 +41,11 @@ def evaluate_direct(
     model_cfg: ModelConfig,
     fingerprint: str = "",
     extra: dict | None = None,
+    two_stage: bool = False,
 ) -> dict:
     """Generate answers for the test split with `model_cfg` (greedy, direct prompt) on Ray
-    actors, score them with the ExecutorPool and record them as `method`."""
+    actors, score them with the ExecutorPool and record them as `method`. `two_stage`: first
+    thoughts (the p2t prompt), then code from them (the t2c prompt), as in SPEC.md section 5."""
     import ray
     from tqdm import tqdm
 
@@ -54,18 +57,37 @@ def evaluate_direct(
     replicas = [create_agent_llm(model_cfg, f"{method}:{i}") for i in range(model_cfg.replicas)]
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
     chunk = cfg.eval.batch_size
-    refs = [
-        replicas[(i // chunk) % len(replicas)].generate.remote(
-            [direct_messages(p) for p in test[i : i + chunk]], sampling
+
+    def run_all(prompts: list, s: Sampling, desc: str) -> list:
+        refs = [
+            replicas[(i // chunk) % len(replicas)].generate.remote(prompts[i : i + chunk], s)
+            for i in range(0, len(prompts), chunk)
+        ]
+        out = []
+        with tqdm(total=len(prompts), desc=desc, unit="problem", mininterval=5) as bar:
+            for ref in refs:  # in order, so answers line up with problems
+                got = ray.get(ref)
+                out.extend(got)
+                bar.update(len(got))
+        return out
+
+    thought_tokens = 0
+    if two_stage:
+        from bdc_ray.boost.prompts import fallback_thoughts, p2t_messages, simulate_messages
+
+        plans = run_all(
+            [p2t_messages(p) for p in test],
+            Sampling(max_tokens=cfg.eval.thought_tokens, temperature=0.0, seed=cfg.seed),
+            f"{method} (thoughts)",
         )
-        for i in range(0, len(test), chunk)
-    ]
-    completions = []
-    with tqdm(total=len(test), desc=method, unit="problem", mininterval=5) as bar:
-        for ref in refs:  # in order, so answers line up with problems
-            out = ray.get(ref)
-            completions.extend(out)
-            bar.update(len(out))
+        thought_tokens = sum(c.completion_tokens for c in plans)
+        prompts = [
+            simulate_messages(p, [t for t, _ in fallback_thoughts(c.text, 8)])
+            for p, c in zip(test, plans, strict=True)
+        ]
+    else:
+        prompts = [direct_messages(p) for p in test]
+    completions = run_all(prompts, sampling, method)
     gen_s = time.perf_counter() - start
     for r in replicas:
         ray.kill(r)
@@ -77,7 +99,7 @@ def evaluate_direct(
         [c.text for c in completions],
         scorer=pool_scorer(pool),
         extra={
-            "completion_tokens": sum(c.completion_tokens for c in completions),
+            "completion_tokens": sum(c.completion_tokens for c in completions) + thought_tokens,
             "generate_s": round(gen_s, 1),
             "fingerprint": fingerprint,
             **(extra or {}),
@@ -185,7 +207,12 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
     wanted = (
         methods
         if methods is not None
-        else ["base_zero_shot", *adapters, *(["customized"] if has_hyper else [])]
+        else [
+            "base_zero_shot",
+            "base_two_stage",
+            *adapters,
+            *(["customized"] if has_hyper else []),
+        ]
     )
     base_cfg = cfg.models[cfg.base_model]
     done = run.load_results()["methods"]
@@ -201,7 +228,7 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
             else:
                 out[method] = evaluate_customized(cfg, run, fp)
             continue
-        if method == "base_zero_shot":
+        if method in ("base_zero_shot", "base_two_stage"):
             model_cfg, adapter = base_cfg, None
         elif method in adapters:
             adapter = adapters[method]
@@ -226,7 +253,8 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
                         for k in ("examples", "steps", "final_loss", "experts", "combination_type")
                         if k in meta
                     }
-        out[method] = evaluate_direct(cfg, run, method, model_cfg, fp, extra)
+        two = method == "base_two_stage"
+        out[method] = evaluate_direct(cfg, run, method, model_cfg, fp, extra, two_stage=two)
         log.info(
             "%s: pass@1 %.3f, pass rate %.3f",
             method,
@@ -249,4 +277,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -14,7 +14,7 @@ import sys
 import time
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from _common import init_ray, load, log, parser
+from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.config import Config
 from bdc_ray.data import load_problems, make_split
@@ -165,4 +165,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

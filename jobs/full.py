@@ -5,8 +5,8 @@
         $PWD/.venv/bin/python jobs/full.py --config configs/local.yaml --run-dir $PWD/runs/demo
 
 Stages, in order, each skipped when its outputs exist for an unchanged config:
-  zero_shot     the base model on the test split (programs scored in the sandbox on the complete
-                tests)                                                   jobs/evaluate.py
+  zero_shot     the base model on the test split, direct and two-stage (thoughts, then code);
+                programs scored in the sandbox on the complete tests    jobs/evaluate.py
   explore       Boost: MC-Tree-Of-Agents on train and test problems    jobs/explore.py
   disentangle   Ray Data embedding + faiss clustering of the SFT data   jobs/disentangle.py
   experts       Ray Train + DeepSpeed LoRA experts, then the merges     jobs/train_experts.py
@@ -21,7 +21,7 @@ import sys
 import time
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from _common import init_ray, load, log, parser
+from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.eval.methods import format_table
 from bdc_ray.rundir import RunDir, atomic_write_text
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         if stage == "zero_shot":
             from evaluate import evaluate_methods
 
-            evaluate_methods(cfg, run, ["base_zero_shot"])
+            evaluate_methods(cfg, run, ["base_zero_shot", "base_two_stage"])
         elif stage == "explore":
             from explore import explore
 
@@ -85,4 +85,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from _common import init_ray, load, log, parser
+from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.config import Config
 from bdc_ray.rundir import RunDir, atomic_write_text, read_jsonl
@@ -216,4 +216,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -300,6 +300,7 @@ class ExpertTraining:
 
         engine.train()
         step = start_step
+        self.started_at = time.time()
         t_start = time.perf_counter()
         for epoch in range(start_step // per_epoch, e["epochs"]):
             batches = epoch_batches(
@@ -364,6 +365,8 @@ class ExpertTraining:
             "resumed_from": resumed,
             "fingerprint": spec.fingerprint,
             "zero_stage": self.e["zero_stage"],
+            "loop_started_at": self.started_at,
+            "loop_finished_at": time.time(),
             "history": history,
             **spec.meta,
         }

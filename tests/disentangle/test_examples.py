@@ -73,3 +73,25 @@ def test_texts(reference_rows):
     r = reference_rows[0]
     assert "sys" not in prompt_text(row(3)) and prompt_text(row(3)) == "task 3"
     assert example_text(r).startswith(prompt_text(r)) and example_text(r).endswith(r["response"])
+
+
+def test_disentangle_job_names_a_bad_row_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "sft").mkdir()
+    write(
+        tmp_path / "sft" / "p2c.jsonl",
+        [row(0), {"id": "x", "messages": [{"role": "user", "content": "a"}]}],
+    )
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "clusters" / "meta.json").write_text('{"k": 3}')  # earlier output survives
+    proc = subprocess.run(
+        [sys.executable, "jobs/disentangle.py", "--run-dir", str(tmp_path),
+         "--set", "cluster.reference_solutions=false"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"error: {tmp_path / 'sft' / 'p2c.jsonl'}:2: field 'response' is missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "clusters" / "meta.json").read_text() == '{"k": 3}'

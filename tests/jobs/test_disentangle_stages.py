@@ -1,5 +1,6 @@
-"""jobs/full.py's Disentangle stages end to end on local Ray with the tiny model: cluster the SFT
-examples, train experts and merges, evaluate each as a method; a rerun redoes nothing."""
+"""jobs/full.py's Disentangle and Customize stages end to end on local Ray with the tiny model:
+cluster the SFT examples, train experts and merges, tune the hypernetwork, evaluate each adapter
+and the customised solver as methods; a rerun redoes nothing."""
 
 import json
 import sys
@@ -19,13 +20,16 @@ def test_disentangle_experts_and_evaluation_stages(ray_session, reference_rows, 
     write_jsonl(run / "sft" / "p2c.jsonl", [{**r, "source": "search"} for r in reference_rows[:12]])
     args = [
         "--run-dir", str(run),
-        "--stages", "disentangle", "experts", "evaluate",
+        "--stages", "disentangle", "experts", "hypernet", "evaluate",
         "--set", "models.smollm2.path=tiny-random-llama",
         "--set", "cluster.k=2",
         "--set", "experts.max_seq_len=384",
         "--set", "experts.batch_size=4",
         "--set", "data.max_test=3",
         "--set", "eval.max_tokens=8",
+        "--set", "hypernet.epochs=1",
+        "--set", "hypernet.max_seq_len=384",
+        "--set", "hypernet.tune.num_samples=2",
     ]  # fmt: skip
     results = full.main(args)
     printed = capsys.readouterr().out
@@ -38,14 +42,18 @@ def test_disentangle_experts_and_evaluation_stages(ray_session, reference_rows, 
     assert (run / "plots" / "clusters.png").stat().st_size > 5000
 
     methods = ["full", "cluster_0", "cluster_1", "merged_linear", "merged_ties", "merged_dare"]
-    for m in methods:
-        assert (run / "experts" / m / "adapter_model.safetensors").is_file(), m
+    for m in [*methods, "customized"]:
         assert results["methods"][m]["n"] == 3, m
         assert len((run / "eval" / "samples" / f"{m}.jsonl").read_text().splitlines()) == 3
         assert f"{m} pass@1 = " in printed
+    for m in methods:
+        assert (run / "experts" / m / "adapter_model.safetensors").is_file(), m
     assert results["methods"]["cluster_0"]["adapter"]["examples"] == meta["sizes"][0]
+    gates = json.loads((run / "eval" / "gates_customized.json").read_text())
+    assert len(gates) == 3 and all(set(g) == {"cluster_0", "cluster_1"} for g in gates.values())
+    assert (run / "hypernet" / "hypernet.pt").is_file()
     timings = json.loads((run / "timings.json").read_text())
-    assert list(timings) == ["disentangle", "experts", "evaluate"]
+    assert list(timings) == ["disentangle", "experts", "hypernet", "evaluate"]
 
     stamps = {
         p: p.stat().st_mtime_ns

