@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..disentangle.merge import AdapterMismatch, check_compatible
 
@@ -75,8 +74,10 @@ class GatedLoRALinear(nn.Module):
         super().__init__()
         self.base = base
         dev, dt = base.weight.device, base.weight.dtype
-        self.register_buffer("a_cat", a_cat.to(dev, dt), persistent=False)
-        self.register_buffer("b_cat", b_cat.to(dev, dt), persistent=False)
+        # stored transposed for x @ A^T and h @ B^T as plain matmuls; the scale alpha/r is
+        # folded into B once, so a call costs two matmuls, one multiply and a fused add
+        self.register_buffer("a_t", a_cat.t().contiguous().to(dev, dt), persistent=False)
+        self.register_buffer("b_t", (b_cat * scale).t().contiguous().to(dev, dt), persistent=False)
         self.scale = scale
         self.index = index  # this module's column in the gate tensor
         self.state = state
@@ -85,13 +86,20 @@ class GatedLoRALinear(nn.Module):
         gates = self.state.gates
         if gates is None:
             raise RuntimeError("gated LoRA layer called without gates: use MixtureModel.gated()")
-        g = gates[:, self.index, :].to(x.dtype)
-        h = F.linear(x, self.a_cat)  # (batch, ..., K*r)
-        if h.dim() == 3:
-            h = h * g[:, None, :]
+        g = gates[:, self.index, :].to(x.dtype)  # (batch, K*r)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        h = x2 @ self.a_t  # (batch * tokens, K*r): one matmul for every row and expert
+        if x.dim() == 3:
+            h = (h.view(shape[0], shape[1], -1) * g[:, None, :]).view(x2.shape[0], -1)
         else:
             h = h * g
-        return self.base(x) + self.scale * F.linear(h, self.b_cat)
+        y = self.base(x2)
+        if torch.is_grad_enabled():
+            y = torch.addmm(y, h, self.b_t)
+        else:
+            y.addmm_(h, self.b_t)  # in place: the base output is not needed again
+        return y.view(*shape[:-1], y.shape[-1])
 
 
 @dataclass
