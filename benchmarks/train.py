@@ -94,7 +94,11 @@ def main() -> None:
     problems = load_problems(DataConfig())
     examples = reference_examples(problems)[: args.steps * args.batch]
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    from _common import advertise_local_cluster
+
+    advertise_local_cluster(
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    )
 
     # 1. one expert, the same work both ways; the ways alternate so drift hits both
     cfg = config(args.model, args.steps, args.batch, args.seq, float(cpus))

@@ -66,13 +66,29 @@ def init_ray(cfg: Config) -> None:
         # a submitted job already carries its runtime env (working_dir); keep it
         ray.init(address=address)
     else:
-        ray.init(
+        ctx = ray.init(
             address="local",  # a new local Ray, even if a stale cluster file says otherwise
             num_cpus=cfg.resources.num_cpus,
             num_gpus=cfg.resources.num_gpus,
             include_dashboard=cfg.resources.include_dashboard,
             runtime_env=runtime_env,
         )
+        advertise_local_cluster(ctx)
+
+
+def advertise_local_cluster(ctx) -> None:
+    """Point Ray's "current cluster" file at the Ray this process started.
+
+    `ray.init(address="local")` leaves that file as an earlier `ray start` wrote it, and Ray's own
+    helpers that look the cluster up from a worker (Ray Train V2's placement-group cleaner, the
+    state API) then wait on a dead address: seconds per trainer plus a traceback in the logs.
+    `ray start` writes the same file the same way."""
+    from ray._private.utils import write_ray_address
+
+    try:
+        write_ray_address(ctx.address_info["gcs_address"])
+    except (OSError, KeyError) as e:  # read-only temp dir: only slower shutdowns
+        log.warning("could not record the local Ray address: %s", e)
 
 
 def run_main(main, argv: list[str] | None = None):

@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +56,11 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ctx = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+        from _common import advertise_local_cluster
+
+        advertise_local_cluster(ctx)
     yield ray
     ray.shutdown()
 
