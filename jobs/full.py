@@ -23,7 +23,7 @@ import time
 import _common  # noqa: F401  (puts the project on sys.path)
 from _common import init_ray, load, log, parser, run_main
 
-from bdc_ray.eval.methods import format_table
+from bdc_ray.eval.methods import common_problems_table, format_table
 from bdc_ray.rundir import RunDir, atomic_write_text
 
 STAGES = ["zero_shot", "explore", "disentangle", "experts", "hypernet", "evaluate"]
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_text(run.root / "timings.json", json.dumps(timings, indent=1))
     results = run.load_results()
     print("\n" + format_table(results["methods"]))
+    same = common_problems_table(results)
+    if same:
+        print(f"\nthe same table on the {len(same[0])} test problems every method ran:")
+        print(same[1])
     for name, m in results["methods"].items():
         print(f"{name} pass@1 = {m['pass@1']:.3f} on {m['n']} test problems")
     print("stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))

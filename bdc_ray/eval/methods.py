@@ -62,3 +62,26 @@ def format_table(methods: dict[str, dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def common_problems_table(results: dict[str, Any]) -> tuple[list[str], str] | None:
+    """When methods ran on different problem sets (search on a slice, say), the table again on
+    the problems every method ran: pass@1 and pass rate from the per-problem results. None when
+    all methods share their problems already."""
+    methods = list(results.get("methods", {}))
+    per = results.get("problems", {})
+    sets = {m: {pid for pid, row in per.items() if m in row} for m in methods}
+    if len(methods) < 2 or len({frozenset(v) for v in sets.values()}) == 1:
+        return None
+    common = sorted(set.intersection(*sets.values()))
+    if not common:
+        return None
+    rows = {
+        m: {
+            "pass@1": sum(per[p][m]["passed"] for p in common) / len(common),
+            "pass_rate": sum(per[p][m]["pass_rate"] for p in common) / len(common),
+            "n": len(common),
+        }
+        for m in methods
+    }
+    return common, format_table(rows)

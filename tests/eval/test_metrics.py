@@ -27,3 +27,30 @@ def test_pass_at_1_is_fraction_correct_and_bad_input_is_refused():
 def test_pass_rate():
     assert pass_rate([True, False, True, True]) == 0.75
     assert pass_rate([]) == 0.0
+
+
+def test_common_problems_table_recomputes_on_the_shared_problems():
+    from bdc_ray.eval.methods import common_problems_table
+
+    results = {
+        "methods": {"a": {"pass@1": 0.5, "n": 4}, "mcts": {"pass@1": 1.0, "n": 2}},
+        "problems": {
+            "p1": {
+                "a": {"passed": True, "pass_rate": 1.0},
+                "mcts": {"passed": True, "pass_rate": 1.0},
+            },
+            "p2": {
+                "a": {"passed": False, "pass_rate": 0.5},
+                "mcts": {"passed": True, "pass_rate": 1.0},
+            },
+            "p3": {"a": {"passed": True, "pass_rate": 1.0}},
+            "p4": {"a": {"passed": False, "pass_rate": 0.0}},
+        },
+    }
+    common, table = common_problems_table(results)
+    assert common == ["p1", "p2"]
+    lines = table.splitlines()
+    assert lines[2].split()[:4] == ["a", "0.500", "0.750", "2"]
+    assert lines[3].split()[:4] == ["mcts", "1.000", "1.000", "2"]
+    del results["methods"]["mcts"]
+    assert common_problems_table(results) is None
