@@ -112,19 +112,6 @@ def evaluate_direct(
     return summary
 
 
-def _customized_generate(run_dir: str, prompts: list, sampling, model_cfg: dict) -> list:
-    """Runs in a Ray task: the customised solver, every problem with its own gates."""
-    from bdc_ray.customize.solver import CustomizedSolver
-
-    solver = CustomizedSolver(
-        run_dir,
-        dtype=model_cfg["dtype"],
-        max_batch_size=model_cfg["max_batch_size"],
-        num_threads=model_cfg["num_threads"],
-    )
-    return solver.generate(prompts, sampling)
-
-
 def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict:
     """Method `customized`: the hypernetwork-gated mixture of the cluster experts."""
     import ray
@@ -135,7 +122,10 @@ def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict
     model_cfg = cfg.models[cfg.base_model]
     start = time.perf_counter()
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
-    task = ray.remote(_customized_generate).options(
+    from actors.solver import customized_generate
+
+    # a module function, not one of this script's: workers import it by name
+    task = ray.remote(customized_generate).options(
         num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus, max_retries=1
     )
     completions = ray.get(
