@@ -350,26 +350,10 @@ class ExpertTraining:
         # over step time, so start-up and checkpoint writing are not counted (wall_s has them)
         tokens_here = sum(history["tokens"][len(history["tokens"]) - ran :]) if ran else 0
         step_s = sum(history["step_s"][len(history["step_s"]) - ran :]) if ran else 0.0
-        result = {
-            "name": spec.name,
-            "steps": total,
-            "examples": len(spec.examples),
-            "used_examples": self.used,  # the rest had no response token within max_seq_len
-            "world_size": self.world,
-            "final_loss": history["loss"][-1] if history["loss"] else None,
-            "first_loss": history["loss"][0] if history["loss"] else None,
-            "tokens": sum(history["tokens"]),
-            "tokens_per_s": round(tokens_here / step_s, 2) if step_s > 0 else None,
-            "step_s": round(step_s, 2),
-            "wall_s": round(wall, 2),
-            "resumed_from": resumed,
-            "fingerprint": spec.fingerprint,
-            "zero_stage": self.e["zero_stage"],
-            "loop_started_at": self.started_at,
-            "loop_finished_at": time.time(),
-            "history": history,
-            **spec.meta,
-        }
+        result = _log_row(
+            spec, history, total, self.used, self.world, tokens_here, step_s, wall, resumed,
+            self.e["zero_stage"], loop_started_at=self.started_at, loop_finished_at=time.time(),
+        )  # fmt: skip
         with gather:
             if self.rank == 0:
                 write_adapter(engine.module, spec.out_dir, result)
@@ -498,27 +482,47 @@ def train_single_process(
             history["lr"].append(scheduler.get_last_lr()[0])
             history["step_s"].append(round(time.perf_counter() - t0, 4))
     wall = time.perf_counter() - t_start
-    result = {
-        "name": spec.name,
-        "steps": done,
-        "examples": len(spec.examples),
-        "used_examples": len(rows),
-        "world_size": 1,
-        "final_loss": history["loss"][-1],
-        "first_loss": history["loss"][0],
-        "tokens": sum(history["tokens"]),
-        "tokens_per_s": round(sum(history["tokens"]) / sum(history["step_s"]), 2),
-        "step_s": round(sum(history["step_s"]), 2),
-        "wall_s": round(wall, 2),
-        "resumed_from": [],
-        "fingerprint": spec.fingerprint,
-        "zero_stage": None,
-        "history": history,
-        **spec.meta,
-    }
+    tokens, step_s = sum(history["tokens"]), sum(history["step_s"])
+    result = _log_row(spec, history, done, len(rows), 1, tokens, step_s, wall, [], None)
     if write:
         write_adapter(model, spec.out_dir, result)
     return result
+
+
+def _log_row(
+    spec: ExpertSpec,
+    history: dict[str, Any],
+    steps: int,
+    used: int,
+    world: int,
+    tokens_here: int,
+    step_s: float,
+    wall: float,
+    resumed: list[int],
+    zero_stage: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """train_log.json of one expert, the same for both loops. tokens_per_s covers the steps this
+    attempt ran, over step time (start-up and checkpoint writing are in wall_s)."""
+    return {
+        "name": spec.name,
+        "steps": steps,
+        "examples": len(spec.examples),
+        "used_examples": used,  # the rest had no response token within max_seq_len
+        "world_size": world,
+        "final_loss": history["loss"][-1] if history["loss"] else None,
+        "first_loss": history["loss"][0] if history["loss"] else None,
+        "tokens": sum(history["tokens"]),
+        "tokens_per_s": round(tokens_here / step_s, 2) if step_s > 0 else None,
+        "step_s": round(step_s, 2),
+        "wall_s": round(wall, 2),
+        "resumed_from": resumed,
+        "fingerprint": spec.fingerprint,
+        "zero_stage": zero_stage,
+        **extra,
+        "history": history,
+        **spec.meta,
+    }
 
 
 def spec_dict(spec: ExpertSpec) -> dict[str, Any]:
