@@ -218,15 +218,46 @@ class HypernetConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
+    """The Ray Serve app of the customised solver (bdc_ray/serve, jobs/serve.py)."""
+
+    host: str = Field("127.0.0.1", description="0.0.0.0 exposes the API beyond this machine")
     port: int = Field(8000, ge=1, le=65535)
-    api_key_env: str | None = None
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.05, ge=0)
-    max_ongoing_requests: int = Field(32, ge=1)
+    model_name: str = Field("bdc-customized", description="the model id clients ask for")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the bearer key; unset: no key"
+    )
+    max_batch_size: int = Field(16, ge=1, description="requests per gated-mixture batch")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="wait to fill a batch")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="per replica; keep it >= max_batch_size or batches stay small"
+    )
     min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    max_tokens_limit: int = Field(1024, ge=1)
+    max_replicas: int = Field(1, ge=1, description="> min_replicas turns on autoscaling")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="autoscaling target")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per replica")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask")
+    max_n: int = Field(8, ge=1, description="largest n (choices per prompt) a request may ask")
+    health_check_period_s: float = Field(10.0, gt=0)
+    solve_timeout_s: float = Field(3.0, gt=0, description="/v1/solve: seconds per test")
+    sandbox_workers: int = Field(2, ge=1, description="/v1/solve: programs run at once")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServeConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"serve.max_replicas ({self.max_replicas}) is below serve.min_replicas "
+                f"({self.min_replicas})"
+            )
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                f"serve.max_batch_size ({self.max_batch_size}): Serve sends a replica no more "
+                "requests than that, so batches could never fill"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

@@ -4,6 +4,7 @@ generating for a batch of prompts, each row with its own gates (returned with th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,18 @@ class _GatedBackend(TransformersBackend):
 
     mix: MixtureModel
     row_gates: torch.Tensor | None = None
+    row_max_tokens: list[int] | None = None
+    on_token: Callable[[int, int], None] | None = None
 
     def _generate_rows(self, rows, batch, sampling):
+        extra: dict[str, Any] = {}
+        if self.row_max_tokens is not None:
+            extra["row_max_tokens"] = [self.row_max_tokens[i] for i in rows]
+        if self.on_token is not None:
+            cb = self.on_token
+            extra["on_token"] = lambda j, tok: cb(rows[j], tok)
         with self.mix.gated(self.row_gates[rows]):
-            return self._generate_batch(batch, sampling)
+            return self._generate_batch(batch, sampling, **extra)
 
 
 class CustomizedSolver:
@@ -78,17 +87,36 @@ class CustomizedSolver:
         emb = embed_texts(self.encoder, [gate_text(p) for p in prompts])
         return self.hyper(features(emb, self.centroids).to(self.backend.device))
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Prompt],
+        sampling: Sampling,
+        *,
+        gates: torch.Tensor | None = None,
+        row_max_tokens: list[int] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[Completion]:
         """Completions in prompt order; each carries `meta["gates"]`: {expert: its share of
         the gate mass, averaged over modules} (K numbers summing to 1). `gates()` gives the
-        full (n_modules, K*r) gates."""
+        full (n_modules, K*r) gates.
+
+        Serving options: `gates` replaces the hypernetwork's (batch, n_modules, K*r) gates
+        (e.g. one expert alone for some rows); `row_max_tokens` gives each prompt its own
+        budget (`sampling.max_tokens` must be their maximum); `on_token(prompt_index,
+        token_id)` is called with every new token as it is generated."""
         validate_prompts(prompts)
-        g = self.gates(prompts)
+        if row_max_tokens is not None and len(row_max_tokens) != len(prompts):
+            raise ValueError("row_max_tokens needs one budget per prompt")
+        g = self.gates(prompts) if gates is None else gates.to(self.backend.device)
         self.backend.row_gates = g
+        self.backend.row_max_tokens = row_max_tokens
+        self.backend.on_token = on_token
         try:
             out = self.backend.generate(prompts, sampling)
         finally:
             self.backend.row_gates = None
+            self.backend.row_max_tokens = None
+            self.backend.on_token = None
         per_expert = self.expert_weights(g)
         for c, w in zip(out, per_expert, strict=True):
             c.meta["gates"] = dict(zip(self.mix.experts, w, strict=True))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -89,6 +90,44 @@ class Problem:
         d = dict(d)
         d["tests"] = [TestCase(**{**t, "setup": tuple(t.get("setup", ()))}) for t in d["tests"]]
         return cls(**d)
+
+
+_DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+([A-Za-z_]\w*)[ \t]*\(", re.MULTILINE)
+
+
+def problem_from_tests(
+    tests: list[Any],
+    entry_point: str | None = None,
+    prompt: str = "",
+    problem_id: str = "user",
+) -> Problem:
+    """A problem from user-given tests: a list of assert strings (function tests; they call the
+    function by its name or as `candidate`) or a list of {"input", "output"} string objects
+    (stdin/stdout tests). For asserts without `entry_point`, the last function `prompt`
+    defines is the one under test. Raises ValueError naming what is wrong."""
+    if not isinstance(tests, list) or not tests:
+        raise ValueError("tests must be a non-empty list of asserts or of {input, output}")
+    if all(isinstance(t, str) for t in tests):
+        entry_point = entry_point or default_entry_point(prompt)
+        if not entry_point:
+            raise ValueError("function tests need the function's name (entry_point)")
+        cases = [TestCase("assert", code=t.replace(f"{entry_point}(", "candidate(")) for t in tests]
+        return Problem(problem_id, prompt, "function", cases, entry_point=entry_point)
+    if all(
+        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+        for t in tests
+    ):
+        cases = [TestCase("io", input=t["input"], output=t["output"]) for t in tests]
+        return Problem(problem_id, prompt, "stdio", cases)
+    raise ValueError(
+        "every test must be an assert string, or every test an {input, output} object of strings"
+    )
+
+
+def default_entry_point(prompt: str) -> str | None:
+    """The last function a HumanEval-style prompt defines (helpers come first)."""
+    names = _DEF.findall(prompt)
+    return names[-1] if names else None
 
 
 def _contains_assert(node: ast.AST) -> bool:

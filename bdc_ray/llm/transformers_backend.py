@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from .base import Completion, Prompt, Sampling, truncate_at_stop, validate_prompts
 
@@ -100,9 +103,20 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, batch: list[list[int]], sampling: Sampling, **extra: Any
+        self,
+        batch: list[list[int]],
+        sampling: Sampling,
+        row_max_tokens: list[int] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+        **extra: Any,
     ) -> list[Completion]:
-        """`extra` goes to `model.generate` (e.g. peft's mixed-batch `adapter_names`)."""
+        """One padded `model.generate` call.
+
+        `row_max_tokens`: each row's own token budget (a row stops when it is spent, the others
+        go on up to `sampling.max_tokens`), so requests with different budgets share a batch.
+        `on_token(row, token_id)` sees every new token of every unfinished row as it is made
+        (streaming). `extra` goes to `model.generate` (e.g. peft's mixed-batch `adapter_names`).
+        """
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt", padding=True)
         input_ids = padded["input_ids"].to(self.device)
         attention_mask = padded["attention_mask"].to(self.device)
@@ -111,6 +125,17 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids),
         )
+        if row_max_tokens is not None:
+            if len(row_max_tokens) != len(batch):
+                raise ValueError("row_max_tokens needs one budget per row")
+            if max(row_max_tokens) > sampling.max_tokens:
+                raise ValueError("a row's budget exceeds sampling.max_tokens")
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [RowBudget(row_max_tokens, input_ids.shape[1], self.device)]
+            )
+        if on_token is not None:
+            ends = self.eos_ids | {self.tokenizer.pad_token_id}
+            kwargs["streamer"] = RowStreamer(on_token, ends, row_max_tokens)
         if sampling.ignore_eos:  # eos is masked until the budget is spent
             kwargs["min_new_tokens"] = sampling.max_tokens
         if sampling.greedy:
@@ -128,7 +153,9 @@ class TransformersBackend:
         # rows finished early (eos or a stop string) are filled with the pad token
         ends = set() if sampling.ignore_eos else self.eos_ids | {self.tokenizer.pad_token_id}
         results = []
-        for row, prompt_ids in zip(new, batch, strict=True):
+        budgets = row_max_tokens or [sampling.max_tokens] * len(batch)
+        for row, prompt_ids, budget in zip(new, batch, budgets, strict=True):
+            row = row[:budget]  # a row stopped by its budget is padded after it
             n, hit_eos = len(row), False
             for j, tok in enumerate(row):
                 if tok in ends:
@@ -145,3 +172,47 @@ class TransformersBackend:
                 )
             )
         return results
+
+
+class RowBudget(StoppingCriteria):
+    """Finishes each row of a batch when it has generated its own number of tokens."""
+
+    def __init__(self, budgets: list[int], prompt_len: int, device: torch.device) -> None:
+        self.budgets = torch.tensor(budgets, device=device)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_len) >= self.budgets
+
+
+class RowStreamer(BaseStreamer):
+    """Hands each new token of each unfinished row to `on_token(row, token_id)`.
+
+    `generate` first puts the prompt (2-D), then one token per row per step; a finished row
+    (end token, stop string or its budget spent) gets pad tokens, which are not passed on."""
+
+    def __init__(
+        self, on_token: Callable[[int, int], None], ends: set[int], budgets: list[int] | None
+    ) -> None:
+        self.on_token, self.ends, self.budgets = on_token, ends, budgets
+        self.counts: list[int] = []
+        self.done: list[bool] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1:  # the prompt
+            self.counts = [0] * value.shape[0]
+            self.done = [False] * value.shape[0]
+            return
+        for row, tok in enumerate(value.tolist()):
+            if self.done[row]:
+                continue
+            if tok in self.ends:
+                self.done[row] = True
+                continue
+            self.counts[row] += 1
+            if self.budgets is not None and self.counts[row] >= self.budgets[row]:
+                self.done[row] = True
+            self.on_token(row, tok)
+
+    def end(self) -> None:
+        pass

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.problems import Problem, TestCase
+from ..data.problems import Problem, problem_from_tests
 from .supervisor import Limits, Sandbox
 
 
@@ -36,23 +36,13 @@ def _problem_from_tests(path: Path, entry_point: str | None) -> Problem:
     if isinstance(data, dict):
         entry_point = data.get("entry_point", entry_point)
         data = data.get("tests")
-    if not isinstance(data, list) or not data:
-        _fail(f"tests file {path}: expected a non-empty list of asserts or of {{input, output}}")
-    if all(isinstance(t, str) for t in data):
+    if isinstance(data, list) and data and all(isinstance(t, str) for t in data):
         if not entry_point:
             _fail("function tests need the function's name: --entry-point NAME")
-        tests = [TestCase("assert", code=t.replace(f"{entry_point}(", "candidate(")) for t in data]
-        return Problem("cli", "", "function", tests, entry_point=entry_point)
-    if all(
-        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
-        for t in data
-    ):
-        return Problem(
-            "cli", "", "stdio", [TestCase("io", input=t["input"], output=t["output"]) for t in data]
-        )
-    _fail(
-        f"tests file {path}: every test must be an assert string, or every test an {{input, output}} object of strings"
-    )
+    try:
+        return problem_from_tests(data, entry_point, problem_id="cli")
+    except ValueError as e:
+        _fail(f"tests file {path}: {e}")
     raise AssertionError
 
 
