@@ -13,11 +13,12 @@ from tests.customize.conftest import make_expert
 
 
 def make_solver_run(root: Path, base_path: Path, rows: list[dict]) -> Path:
+    from transformers import AutoModelForCausalLM
+
     from bdc_ray.customize.hypernet import HyperNetwork
     from bdc_ray.customize.mixture import inject_mixture
     from bdc_ray.disentangle.embed import embed_texts, load_encoder
     from bdc_ray.disentangle.examples import example_text
-    from transformers import AutoModelForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
     experts = {
