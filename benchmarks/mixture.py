@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from bdc_ray.customize.mixture import inject_mixture  # noqa: E402
 from bdc_ray.customize.solver import _GatedBackend  # noqa: E402
+from bdc_ray.customize.synthetic import random_expert  # noqa: E402
 from bdc_ray.data import load_humaneval  # noqa: E402
 from bdc_ray.llm.base import Sampling  # noqa: E402
 from bdc_ray.llm.models import resolve_model  # noqa: E402
@@ -40,24 +41,8 @@ from bdc_ray.llm.transformers_backend import TransformersBackend  # noqa: E402
 
 
 def make_experts(base: str, k: int, root: Path) -> dict[str, Path]:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = {}
-    for i in range(k):
-        torch.manual_seed(100 + i)
-        m = AutoModelForCausalLM.from_pretrained(base)
-        cfg = LoraConfig(
-            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-        )
-        m = get_peft_model(m, cfg)
-        with torch.no_grad():
-            for n, p in m.named_parameters():
-                if "lora_B" in n:
-                    p.mul_(0.05)  # a trained expert's size: outputs change, text stays sane
-        m.save_pretrained(root / f"e{i}")
-        out[f"e{i}"] = root / f"e{i}"
-    return out
+    # B x 0.05: a trained expert's size: outputs change, text stays sane
+    return {f"e{i}": random_expert(base, root / f"e{i}", 100 + i, b_scale=0.05) for i in range(k)}
 
 
 def tokens(completions) -> int:

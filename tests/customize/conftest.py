@@ -3,20 +3,11 @@ import pytest
 
 def make_expert(base_path, out, seed, r=4, targets=("q_proj", "v_proj"), alpha=8):
     """A LoRA adapter with random A and B (as if trained), saved in peft format."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from bdc_ray.customize.synthetic import random_expert
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_path)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
-    model = get_peft_model(model, cfg)
-    with torch.no_grad():  # B of a trained expert is not tiny; make the deltas visible
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.mul_(3.0)
-    model.save_pretrained(out)
-    return out
+    return random_expert(
+        base_path, out, seed, r=r, alpha=alpha, targets=tuple(targets), b_scale=3.0
+    )
 
 
 @pytest.fixture(scope="session")
