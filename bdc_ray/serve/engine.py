@@ -48,6 +48,7 @@ class EngineStats:
             "mean_batch": round(sum(b) / len(b), 2) if b else 0.0,
             "max_batch": max(b, default=0),
             "generate_calls": self.generate_calls,
+            "recent": b[-256:],  # sizes of the latest batches, oldest first
         }
 
 
