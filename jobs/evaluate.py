@@ -137,7 +137,10 @@ def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict
         )
     )
     gen_s = time.perf_counter() - start
-    gates = {p.id: c.meta["gates"] for p, c in zip(test, completions, strict=True)}
+    gates = {
+        p.id: {"gates": c.meta["gates"], "nearest_cluster": c.meta["nearest_cluster"]}
+        for p, c in zip(test, completions, strict=True)
+    }
     atomic_write_text(run.eval / "gates_customized.json", json.dumps(gates, indent=1))
     pool = executor_pool_for(cfg.eval)
     summary = record_answers(

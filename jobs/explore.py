@@ -43,6 +43,28 @@ def explore(cfg: Config, run: RunDir) -> dict:
     split = make_split(list(problems.values()), cfg.data, run.root)
     start = time.perf_counter()
     fingerprint = cfg.fingerprint("data", "models", "agents", "search", "eval", "seed")
+    train_ids = split.train[: cfg.search.train_limit]
+    test_ids = split.test[: cfg.search.test_limit]
+
+    def explored(name: str, pid: str) -> bool:
+        path = trace_path(run.root, name, pid)
+        if not path.exists():
+            return False
+        import pyarrow.parquet as pq
+
+        row = pq.read_table(path, columns=["fingerprint", "error"]).to_pylist()[0]
+        # a tree that raised is tried again; one made under another config is redone
+        return row["fingerprint"] == fingerprint and not row["error"]
+
+    recorded = run.load_results()["methods"].get("mcts", {})
+    if (
+        recorded.get("fingerprint") == fingerprint
+        and all((run.root / "sft" / f"{k}.jsonl").is_file() for k in ("p2t", "t2c", "p2c"))
+        and all(explored("train", i) for i in train_ids)
+        and all(explored("test", i) for i in test_ids)
+    ):
+        log.info("explore: every problem explored under this config; skipped")
+        return recorded
     used = sorted({a.model for a in cfg.agents})
     models = {
         m: [create_agent_llm(cfg.models[m], f"{m}:{i}") for i in range(cfg.models[m].replicas)]
@@ -57,19 +79,6 @@ def explore(cfg: Config, run: RunDir) -> dict:
         cfg.seed,
         fingerprint,
     )
-    train_ids = split.train[: cfg.search.train_limit]
-    test_ids = split.test[: cfg.search.test_limit]
-
-    def explored(name: str, pid: str) -> bool:
-        path = trace_path(run.root, name, pid)
-        if not path.exists():
-            return False
-        import pyarrow.parquet as pq
-
-        row = pq.read_table(path, columns=["fingerprint", "error"]).to_pylist()[0]
-        # a tree that raised is tried again; one made under another config is redone
-        return row["fingerprint"] == fingerprint and not row["error"]
-
     for name, ids in (("train", train_ids), ("test", test_ids)):
         todo = [problems[i] for i in ids if not explored(name, i)]
         if len(todo) < len(ids):
@@ -141,6 +150,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
             "sft_examples": {k: len(v) for k, v in sft.items()},
             "train_passed_hidden": sum(bool(r["passed_hidden"]) for r in train_rows),
             "wall_s": round(time.perf_counter() - start, 1),
+            "fingerprint": fingerprint,
         },
     )
     summary["progress"] = stats

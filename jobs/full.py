@@ -12,6 +12,8 @@ Stages, in order, each skipped when its outputs exist for an unchanged config:
   experts       Ray Train + DeepSpeed LoRA experts, then the merges     jobs/train_experts.py
   hypernet      Ray Tune search of the gating hypernetwork              jobs/tune_hypernet.py
   evaluate      `full`, every expert and merge, and `customized`        jobs/evaluate.py
+then writes run/report.md (methods table, stage times, plots); with --serve it goes on to serve
+the customised solver (jobs/serve.py) until stopped.
 """
 
 from __future__ import annotations
@@ -24,9 +26,23 @@ import _common  # noqa: F401  (puts the project on sys.path)
 from _common import init_ray, load, log, parser, run_main
 
 from bdc_ray.eval.methods import common_problems_table, format_table
+from bdc_ray.eval.report import write_report
 from bdc_ray.rundir import RunDir, atomic_write_text
 
 STAGES = ["zero_shot", "explore", "disentangle", "experts", "hypernet", "evaluate"]
+# what each stage writes: a stage whose outputs did not change was skipped (up to date)
+OUTPUTS = {
+    "zero_shot": ["eval/samples/base_zero_shot.jsonl", "eval/samples/base_two_stage.jsonl"],
+    "explore": ["traces/*.parquet", "sft/*.jsonl"],
+    "disentangle": ["clusters/*"],
+    "experts": ["experts/*/adapter_model.safetensors"],
+    "hypernet": ["hypernet/hypernet.json"],
+    "evaluate": ["eval/samples/*.jsonl"],
+}
+
+
+def _stamp(run: RunDir, stage: str) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for pat in OUTPUTS[stage] for p in run.root.glob(pat)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,13 +54,21 @@ def main(argv: list[str] | None = None) -> dict:
         default=["all"],
         help="stages to run (default all, in pipeline order)",
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the stages, serve the customised solver (see jobs/serve.py) until stopped",
+    )
     args = p.parse_args(argv)
     cfg = load(args)
     run = RunDir(args.run_dir)
     init_ray(cfg)
     chosen = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
+    timings_path = run.root / "timings.json"
+    previous = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     timings = {}
     for stage in chosen:
+        before = _stamp(run, stage)
         t0 = time.perf_counter()
         if stage == "zero_shot":
             from evaluate import evaluate_methods
@@ -72,9 +96,17 @@ def main(argv: list[str] | None = None) -> dict:
 
             hyper = (run.root / "hypernet" / "hypernet.json").is_file()
             evaluate_methods(cfg, run, [*adapter_dirs(run), *(["customized"] if hyper else [])])
-        timings[stage] = round(time.perf_counter() - t0, 1)
-        log.info("stage %s: %.1f s", stage, timings[stage])
-    atomic_write_text(run.root / "timings.json", json.dumps(timings, indent=1))
+        took = round(time.perf_counter() - t0, 1)
+        skipped = bool(before) and _stamp(run, stage) == before
+        old = previous.get(stage)
+        if skipped and isinstance(old, dict) and not old.get("skipped"):
+            # keep the time of the run that did the work; note this run only checked
+            timings[stage] = {**old, "skipped": True, "check_s": took}
+        else:
+            timings[stage] = {"wall_s": took, "skipped": skipped}
+        log.info("stage %s: %.1f s%s", stage, took, " (up to date, skipped)" if skipped else "")
+    atomic_write_text(timings_path, json.dumps({**previous, **timings}, indent=1))
+    report = write_report(run)
     results = run.load_results()
     print("\n" + format_table(results["methods"]))
     same = common_problems_table(results)
@@ -83,8 +115,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(same[1])
     for name, m in results["methods"].items():
         print(f"{name} pass@1 = {m['pass@1']:.3f} on {m['n']} test problems")
-    print("stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    print(f"results: {run.results}")
+    print(
+        "stage wall times (s): "
+        + ", ".join(
+            f"{k} {v['wall_s']}" + (" (skipped now)" if v["skipped"] else "")
+            for k, v in timings.items()
+        )
+    )
+    print(f"results: {run.results}\nreport: {report}")
+    if args.serve:
+        from serve import start_serving, wait_forever
+
+        start_serving(cfg, str(run.root))
+        wait_forever()
     return results
 
 

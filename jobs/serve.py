@@ -18,6 +18,34 @@ import _common  # noqa: F401  (puts the project on sys.path)
 from _common import init_ray, load, log, parser, run_main
 
 
+def start_serving(cfg, run_dir: str) -> str:
+    """Deploy the app of `run_dir` on the connected Ray (Serve listening on serve.host:port);
+    returns the API's base URL. Bad settings raise ValueError / FileNotFoundError."""
+    from ray import serve
+
+    from bdc_ray.serve.app import api_key_from_env, build_app
+
+    key = api_key_from_env(cfg.serve)
+    application = build_app(run_dir, cfg.serve, key)
+    init_ray(cfg)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(application, name="bdc", route_prefix="/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
+    log.info("serving %s at %s (key: %s)", cfg.serve.model_name, url, "yes" if key else "none")
+    print(f"OpenAI-compatible API at {url}, model {cfg.serve.model_name!r}", flush=True)
+    return url
+
+
+def wait_forever() -> None:
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
 def main(argv: list[str] | None = None) -> str:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--host", help="address to bind (default serve.host: 127.0.0.1)")
@@ -29,28 +57,13 @@ def main(argv: list[str] | None = None) -> str:
     if args.port:
         args.overrides.append(f"serve.port={args.port}")
     cfg = load(args)
-    from ray import serve
-
-    from bdc_ray.serve.app import api_key_from_env, build_app
-
     try:
-        key = api_key_from_env(cfg.serve)
-        application = build_app(args.run_dir, cfg.serve, key)
+        url = start_serving(cfg, args.run_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    init_ray(cfg)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(application, name="bdc", route_prefix="/")
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"
-    log.info("serving %s at %s (key: %s)", cfg.serve.model_name, url, "yes" if key else "none")
-    print(f"OpenAI-compatible API at {url}, model {cfg.serve.model_name!r}", flush=True)
     if not args.detach:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            serve.shutdown()
+        wait_forever()
     return url
 
 

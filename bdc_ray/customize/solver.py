@@ -81,11 +81,21 @@ class CustomizedSolver:
         self.centroids = np.load(run / "clusters" / "centroids.npy")
         self.name = f"customized:{Path(self.meta['base_model']).name}"
 
-    @torch.no_grad()
-    def gates(self, prompts: list[Prompt]) -> torch.Tensor:
-        """(batch, n_modules, K*r) gates for these prompts."""
+    def features(self, prompts: list[Prompt]) -> torch.Tensor:
+        """The hypernetwork's input: [embedding, cosine to each centroid] per prompt."""
         emb = embed_texts(self.encoder, [gate_text(p) for p in prompts])
-        return self.hyper(features(emb, self.centroids).to(self.backend.device))
+        return features(emb, self.centroids)
+
+    @torch.no_grad()
+    def gates(self, prompts: list[Prompt], feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_modules, K*r) gates for these prompts."""
+        feats = self.features(prompts) if feats is None else feats
+        return self.hyper(feats.to(self.backend.device))
+
+    def nearest_clusters(self, feats: torch.Tensor) -> list[int]:
+        """Each prompt's closest cluster centroid (cosine): its problem category."""
+        k = self.centroids.shape[0]
+        return [int(i) for i in feats[:, -k:].argmax(dim=1)]
 
     def generate(
         self,
@@ -97,8 +107,9 @@ class CustomizedSolver:
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[Completion]:
         """Completions in prompt order; each carries `meta["gates"]`: {expert: its share of
-        the gate mass, averaged over modules} (K numbers summing to 1). `gates()` gives the
-        full (n_modules, K*r) gates.
+        the gate mass, averaged over modules} (K numbers summing to 1), and
+        `meta["nearest_cluster"]`: the prompt's closest centroid. `gates()` gives the full
+        (n_modules, K*r) gates.
 
         Serving options: `gates` replaces the hypernetwork's (batch, n_modules, K*r) gates
         (e.g. one expert alone for some rows); `row_max_tokens` gives each prompt its own
@@ -107,7 +118,8 @@ class CustomizedSolver:
         validate_prompts(prompts)
         if row_max_tokens is not None and len(row_max_tokens) != len(prompts):
             raise ValueError("row_max_tokens needs one budget per prompt")
-        g = self.gates(prompts) if gates is None else gates.to(self.backend.device)
+        feats = self.features(prompts)
+        g = self.gates(prompts, feats) if gates is None else gates.to(self.backend.device)
         self.backend.row_gates = g
         self.backend.row_max_tokens = row_max_tokens
         self.backend.on_token = on_token
@@ -118,8 +130,10 @@ class CustomizedSolver:
             self.backend.row_max_tokens = None
             self.backend.on_token = None
         per_expert = self.expert_weights(g)
-        for c, w in zip(out, per_expert, strict=True):
+        nearest = self.nearest_clusters(feats)
+        for c, w, near in zip(out, per_expert, nearest, strict=True):
             c.meta["gates"] = dict(zip(self.mix.experts, w, strict=True))
+            c.meta["nearest_cluster"] = near
         return out
 
     def expert_weights(self, gates: torch.Tensor) -> list[list[float]]:

@@ -47,6 +47,8 @@ def make_split(problems: list[Problem], data_cfg, run_dir: str | Path | None = N
         )
     if run_dir is not None:
         out = Path(run_dir) / "problems" / "split.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(split.to_json())
+        text = split.to_json()
+        if not out.is_file() or out.read_text() != text:  # unchanged: leave it (and its mtime)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
     return split

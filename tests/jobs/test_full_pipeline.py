@@ -1,0 +1,105 @@
+"""jobs/full.py through every stage on local Ray with the tiny model and a few problems:
+zero-shot, search, clustering, experts and merges, the hypernetwork search, evaluation of every
+adapter and the customised solver, the report; a rerun redoes nothing."""
+
+import json
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from bdc_ray.rundir import read_jsonl
+
+sys.path.insert(0, "jobs")
+import full  # noqa: E402
+
+ARGS = [
+    "--set", "models.smollm2.path=tiny-random-llama",
+    "--set", "data.max_train=12",
+    "--set", "data.max_test=3",
+    "--set", "search.train_limit=2",
+    "--set", "search.test_limit=2",
+    "--set", "search.rollouts=1",
+    "--set", "agents.0.max_tokens=16",
+    "--set", "agents.1.max_tokens=16",
+    "--set", "eval.max_tokens=8",
+    "--set", "eval.thought_tokens=8",
+    "--set", "eval.timeout_s=1.0",
+    # the tiny model verifies nothing: train on the train split's reference solutions
+    "--set", "cluster.reference_solutions=true",
+    "--set", "cluster.k=2",
+    "--set", "experts.max_seq_len=384",
+    "--set", "experts.batch_size=4",
+    "--set", "hypernet.epochs=1",
+    "--set", "hypernet.max_seq_len=384",
+    "--set", "hypernet.tune.num_samples=2",
+]  # fmt: skip
+
+
+def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), *ARGS]
+    results = full.main(args)
+    printed = capsys.readouterr().out
+
+    # zero-shot and search
+    assert {"base_zero_shot", "base_two_stage", "mcts"} <= set(results["methods"])
+    assert results["methods"]["mcts"]["n"] == 2 and results["methods"]["base_zero_shot"]["n"] == 3
+    assert len(list((run / "traces").glob("*.parquet"))) == 4  # 2 train + 2 test trees
+    for kind in ("p2t", "t2c", "p2c", "prefs"):
+        assert isinstance(read_jsonl(run / "sft" / f"{kind}.jsonl"), list)
+    # disentangle
+    meta = json.loads((run / "clusters" / "meta.json").read_text())
+    assert meta["k"] == 2 and sum(meta["sizes"]) == meta["examples"] >= 12
+    assert np.load(run / "clusters" / "centroids.npy").shape == (2, 384)
+    assign = pq.read_table(run / "clusters" / "assignments.parquet").to_pylist()
+    assert len(assign) == meta["examples"] and {a["cluster"] for a in assign} == {0, 1}
+    # experts, merges, customised solver: each evaluated as a method
+    methods = ["full", "cluster_0", "cluster_1", "merged_linear", "merged_ties", "merged_dare"]
+    for m in [*methods, "customized"]:
+        assert results["methods"][m]["n"] == 3, m
+        assert len(read_jsonl(run / "eval" / "samples" / f"{m}.jsonl")) == 3
+        assert f"{m} pass@1 = " in printed
+    for m in methods:
+        assert (run / "experts" / m / "adapter_model.safetensors").is_file(), m
+    assert results["methods"]["cluster_0"]["adapter"]["examples"] == meta["sizes"][0]
+    gates = json.loads((run / "eval" / "gates_customized.json").read_text())
+    assert len(gates) == 3
+    for g in gates.values():
+        assert set(g["gates"]) == {"cluster_0", "cluster_1"} and g["nearest_cluster"] in (0, 1)
+    assert (run / "hypernet" / "hypernet.pt").is_file()
+    # timings and the report
+    timings = json.loads((run / "timings.json").read_text())
+    assert list(timings) == full.STAGES
+    assert all(t["wall_s"] > 0 and not t["skipped"] for t in timings.values())
+    report = (run / "report.md").read_text()
+    for m in [*methods, "customized", "mcts", "base_zero_shot"]:
+        assert f"| `{m}` |" in report, m
+    for section in ("## Methods", "## Wall time per stage", "## Disentangle", "## Experts",
+                    "## Customize", "plots/pass_at_1.png", "plots/gates.png", "plots/tune.png"):  # fmt: skip
+        assert section in report, section
+    for png in ("pass_at_1.png", "gates.png", "clusters.png", "tune.png"):
+        assert (run / "plots" / png).stat().st_size > 5000, png
+    assert "report: " in printed
+
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in run.rglob("*")
+        if p.is_file() and ".ray_train" not in str(p) and ".tune" not in str(p)
+    }
+    again = full.main(args)
+    assert again["methods"] == results["methods"]
+    changed = [
+        str(p.relative_to(run))
+        for p, t in stamps.items()
+        if p.stat().st_mtime_ns != t
+        and p.name not in ("config.yaml", "timings.json", "report.md")
+        and not p.name.endswith(".png")
+    ]
+    assert changed == []
+    rerun = json.loads((run / "timings.json").read_text())
+    assert all(t["skipped"] for t in rerun.values()), rerun
+    # the report keeps the times of the run that did the work
+    assert {k: v["wall_s"] for k, v in rerun.items()} == {
+        k: v["wall_s"] for k, v in timings.items()
+    }
