@@ -101,13 +101,17 @@ def plot_gates(gates: dict[str, Any], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(
         1, 2, figsize=(9, max(3.0, 0.22 * len(pids) + 1.5)), gridspec_kw={"width_ratios": [1, 1]}
     )
-    im = a1.imshow(w, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, w.max()))
+    im = a1.imshow(w, aspect="auto", cmap="viridis", vmin=0, vmax=1)  # shares: 1/K = mean
     a1.set_yticks(range(len(pids)), [f"{p} (c{c})" for p, c in zip(pids, cats, strict=True)],
                   fontsize=6)  # fmt: skip
     a1.set_xticks(range(len(experts)), experts, rotation=30, ha="right")
+    if len(pids) <= 40:
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                a1.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", color="w", fontsize=6)
     a1.set_title("expert weight per test problem")
     fig.colorbar(im, ax=a1, fraction=0.046)
-    im2 = a2.imshow(means, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, w.max()))
+    im2 = a2.imshow(means, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     counts = [cats.count(lab) for lab in labels]
     a2.set_yticks(range(len(labels)),
                   [f"nearest cluster_{lab} (n={n})" for lab, n in zip(labels, counts, strict=True)])  # fmt: skip
@@ -205,7 +209,8 @@ def write_report(run: RunDir) -> Path:
             "## Disentangle",
             "",
             f"{meta.get('examples')} examples, k={meta.get('k')} clusters of sizes "
-            f"{meta.get('sizes')}, silhouette {meta.get('silhouette')}.",
+            f"{meta.get('sizes')}, silhouette "
+            f"{meta['silhouette'] if meta.get('silhouette') is None else round(meta['silhouette'], 3)}.",
             "",
         ]
         for name in ("clusters.png", "k_sweep.png"):

@@ -1,0 +1,39 @@
+"""report.md and its plots from a run directory's files, including a partial run."""
+
+import json
+
+from bdc_ray.eval.report import gate_matrix, write_report
+from bdc_ray.rundir import RunDir
+
+
+def test_gate_matrix_groups_problems_by_their_nearest_cluster():
+    gates = {
+        "P/2": {"gates": {"cluster_0": 0.2, "cluster_1": 0.8}, "nearest_cluster": 1},
+        "P/1": {"gates": {"cluster_0": 0.9, "cluster_1": 0.1}, "nearest_cluster": 0},
+        "P/3": {"gates": {"cluster_0": 0.6, "cluster_1": 0.4}, "nearest_cluster": 0},
+    }
+    pids, experts, cats, w = gate_matrix(gates)
+    assert pids == ["P/1", "P/3", "P/2"] and cats == [0, 0, 1]
+    assert experts == ["cluster_0", "cluster_1"] and w[2] == [0.2, 0.8]
+
+
+def test_report_of_a_partial_run_has_what_exists(tmp_path):
+    run = RunDir(tmp_path)
+    run.record_method("base_zero_shot", {"pass@1": 0.25, "pass_rate": 0.5, "n": 4}, {})
+    run.record_method("customized", {"pass@1": 0.5, "pass_rate": 0.75, "n": 4}, {})
+    run.record_method("full", {"pass@1": 0.0, "pass_rate": 0.1, "n": 4}, {})
+    (tmp_path / "timings.json").write_text(
+        json.dumps({"zero_shot": {"wall_s": 3.5, "skipped": False}})
+    )
+    (tmp_path / "eval" / "gates_customized.json").write_text(
+        json.dumps({"P/1": {"gates": {"a": 0.3, "b": 0.7}, "nearest_cluster": 1}})
+    )
+    text = write_report(run).read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    # pipeline order: baselines first, the customised solver last
+    assert [r.split("`")[1] for r in rows] == ["base_zero_shot", "full", "customized"]
+    assert "| `customized` | 0.500 | 0.750 | 4 |" in text
+    assert "| zero_shot | 3.5 |" in text
+    assert "## Disentangle" not in text and "## Experts" not in text  # no such outputs yet
+    for png in ("pass_at_1.png", "gates.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 5000
