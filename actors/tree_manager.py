@@ -34,6 +34,13 @@ def trace_path(run_dir: str | Path, split: str, problem_id: str) -> Path:
     return Path(run_dir) / "traces" / f"{split}--{safe}.parquet"
 
 
+def empty_progress() -> dict[str, int]:
+    """The TreeManager's counters before any tree ran (also what a skipped explore reports)."""
+    keys = ("done", "failed", "rollouts", "llm_calls", "tokens", "executions", "pruned",
+            "refined", "in_flight")  # fmt: skip
+    return dict.fromkeys(keys, 0)
+
+
 class _RayLLM:
     def __init__(self, agent_models: dict[str, list[Any]]) -> None:
         self.cycles = {a: itertools.cycle(handles) for a, handles in agent_models.items()}
@@ -68,17 +75,7 @@ class TreeManager:
         self.llm = _RayLLM(agent_models)
         self.checker = _RayChecker(executor)
         self.seed = seed
-        self.progress = dict(
-            done=0,
-            failed=0,
-            rollouts=0,
-            llm_calls=0,
-            tokens=0,
-            executions=0,
-            pruned=0,
-            refined=0,
-            in_flight=0,
-        )
+        self.progress = empty_progress()
         self._metrics = self._make_metrics()
         self._active: dict[str, MCTS] = {}
 

@@ -37,7 +37,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
 
     from actors.agent import create_agent_llm
     from actors.executor import executor_pool_for, pool_scorer
-    from actors.tree_manager import TreeManagerActor, trace_path
+    from actors.tree_manager import TreeManagerActor, empty_progress, trace_path
 
     problems = {p.id: p for p in load_problems(cfg.data)}
     split = make_split(list(problems.values()), cfg.data, run.root)
@@ -64,7 +64,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
         and all(explored("test", i) for i in test_ids)
     ):
         log.info("explore: every problem explored under this config; skipped")
-        return recorded
+        return {**recorded, "progress": empty_progress()}
     used = sorted({a.model for a in cfg.agents})
     models = {
         m: [create_agent_llm(cfg.models[m], f"{m}:{i}") for i in range(cfg.models[m].replicas)]
