@@ -88,12 +88,14 @@ def create_executor_pool(
     return pool
 
 
-def executor_pool_for(eval_cfg: Any) -> Any:
-    """The pool an evaluation config asks for (:class:`bdc_ray.config.EvalConfig`)."""
+def executor_pool_for(eval_cfg: Any, name: str = "bdc:executor") -> Any:
+    """The pool an evaluation config asks for (:class:`bdc_ray.config.EvalConfig`); methods
+    evaluated at once each name their own, so one finishing does not end another's."""
     return create_executor_pool(
         slots=eval_cfg.workers,
         num_cpus=eval_cfg.executor_cpus,
         limits={"test_timeout_s": eval_cfg.timeout_s, "total_timeout_s": eval_cfg.timeout_s * 4},
+        name=name,
     )
 
 

@@ -101,8 +101,11 @@ class TreeManager:
         return out
 
     async def explore(self, problems: list[Problem], split: str, run_dir: str) -> list[str]:
-        """Search every problem (at most `concurrent_trees` at once); returns the ids done."""
-        gate = asyncio.Semaphore(self.search.concurrent_trees)
+        """Search every problem; returns the ids done. Concurrent calls (the train and the test
+        split at once) share one limit: at most `concurrent_trees` trees in flight."""
+        if getattr(self, "_gate", None) is None:  # made in the actor's event loop
+            self._gate = asyncio.Semaphore(self.search.concurrent_trees)
+        gate = self._gate
 
         async def one(p: Problem) -> str:
             async with gate:

@@ -269,6 +269,12 @@ class EvalConfig(_Strict):
     executor_cpus: float | None = Field(
         None, ge=0, description="CPUs the ExecutorPool reserves in Ray (default: workers)"
     )
+    concurrent_methods: int = Field(
+        1,
+        ge=1,
+        description="methods evaluated at once, each model with num_threads / this many "
+        "threads (on CPUs, two 1-thread generators outrun one 2-thread one)",
+    )
 
 
 class ResourcesConfig(_Strict):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+_RESULTS_LOCK = threading.Lock()  # results.json is read-modify-written
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,10 +62,12 @@ class RunDir:
     def record_method(
         self, method: str, summary: dict[str, Any], per_problem: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
-        """Add (or replace) one method's entry in results.json; other methods are kept."""
-        results = self.load_results()
-        results["methods"][method] = summary
-        for pid, row in per_problem.items():
-            results["problems"].setdefault(pid, {})[method] = row
-        atomic_write_text(self.results, json.dumps(results, indent=1))
+        """Add (or replace) one method's entry in results.json; other methods are kept (also
+        when several threads of one job record methods at once)."""
+        with _RESULTS_LOCK:
+            results = self.load_results()
+            results["methods"][method] = summary
+            for pid, row in per_problem.items():
+                results["problems"].setdefault(pid, {})[method] = row
+            atomic_write_text(self.results, json.dumps(results, indent=1))
         return results

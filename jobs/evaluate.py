@@ -15,6 +15,8 @@ import hashlib
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the project on sys.path)
@@ -91,7 +93,7 @@ def evaluate_direct(
     gen_s = time.perf_counter() - start
     for r in replicas:
         ray.kill(r)
-    pool = executor_pool_for(cfg.eval)
+    pool = executor_pool_for(cfg.eval, name=f"bdc:executor:{method}")
     summary = record_answers(
         run,
         method,
@@ -112,14 +114,16 @@ def evaluate_direct(
     return summary
 
 
-def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict:
+def evaluate_customized(
+    cfg: Config, run: RunDir, fingerprint: str = "", model_cfg: ModelConfig | None = None
+) -> dict:
     """Method `customized`: the hypernetwork-gated mixture of the cluster experts."""
     import ray
 
     from actors.executor import executor_pool_for, pool_scorer
 
     test = split_test_problems(cfg, run)
-    model_cfg = cfg.models[cfg.base_model]
+    model_cfg = model_cfg or cfg.models[cfg.base_model]
     start = time.perf_counter()
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
     from actors.solver import customized_generate
@@ -142,7 +146,7 @@ def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "") -> dict
         for p, c in zip(test, completions, strict=True)
     }
     atomic_write_text(run.eval / "gates_customized.json", json.dumps(gates, indent=1))
-    pool = executor_pool_for(cfg.eval)
+    pool = executor_pool_for(cfg.eval, name="bdc:executor:customized")
     summary = record_answers(
         run,
         "customized",
@@ -208,8 +212,12 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
         ]
     )
     base_cfg = cfg.models[cfg.base_model]
+    n = cfg.eval.concurrent_methods
+    if n > 1 and base_cfg.num_threads:  # the methods at once share the threads
+        base_cfg = base_cfg.model_copy(update={"num_threads": max(1, base_cfg.num_threads // n)})
     done = run.load_results()["methods"]
-    out = {}
+    out: dict = {}
+    todo = []  # (method, zero-argument function evaluating it)
     for method in wanted:
         if method == "customized":
             if not has_hyper:
@@ -219,7 +227,7 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
                 log.info("customized: evaluated for this config, skipped")
                 out[method] = done[method]
             else:
-                out[method] = evaluate_customized(cfg, run, fp)
+                todo.append((method, partial(evaluate_customized, cfg, run, fp, base_cfg)))
             continue
         if method in ("base_zero_shot", "base_two_stage"):
             model_cfg, adapter = base_cfg, None
@@ -247,14 +255,24 @@ def evaluate_methods(cfg: Config, run: RunDir, methods: list[str] | None = None)
                         if k in meta
                     }
         two = method == "base_two_stage"
-        out[method] = evaluate_direct(cfg, run, method, model_cfg, fp, extra, two_stage=two)
-        log.info(
-            "%s: pass@1 %.3f, pass rate %.3f",
-            method,
-            out[method]["pass@1"],
-            out[method]["pass_rate"],
+        todo.append(
+            (
+                method,
+                partial(evaluate_direct, cfg, run, method, model_cfg, fp, extra, two_stage=two),
+            )
         )
-    return out
+
+    def one(method: str, fn) -> dict:
+        summary = fn()
+        log.info("%s: pass@1 %.3f, pass rate %.3f", method, summary["pass@1"], summary["pass_rate"])
+        return summary
+
+    # `eval.concurrent_methods` at once (Ray queues their actors when CPUs run short)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = {m: pool.submit(one, m, fn) for m, fn in todo}
+        for m, f in futures.items():
+            out[m] = f.result()
+    return {m: out[m] for m in wanted if m in out}
 
 
 def main(argv: list[str] | None = None) -> dict:

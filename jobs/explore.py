@@ -79,6 +79,8 @@ def explore(cfg: Config, run: RunDir) -> dict:
         cfg.seed,
         fingerprint,
     )
+    # both splits at once: the agents batch calls from every tree in flight
+    refs, total = [], 0
     for name, ids in (("train", train_ids), ("test", test_ids)):
         todo = [problems[i] for i in ids if not explored(name, i)]
         if len(todo) < len(ids):
@@ -88,19 +90,18 @@ def explore(cfg: Config, run: RunDir) -> dict:
                 len(ids) - len(todo),
                 len(ids),
             )
-        if not todo:
-            continue
-        ref = tm.explore.remote(todo, name, str(run.root))
+        if todo:
+            refs.append(tm.explore.remote(todo, name, str(run.root)))
+            total += len(todo)
+    if refs:
         interactive = sys.stderr.isatty()
         with tqdm(
-            total=len(todo),
-            desc=f"explore {name}",
-            unit="problem",
-            mininterval=1 if interactive else 30,
+            total=total, desc="explore", unit="problem", mininterval=1 if interactive else 30
         ) as bar:
             base = ray.get(tm.get_progress.remote())
-            while True:
-                ready, _ = ray.wait([ref], timeout=1.0)
+            pending = list(refs)
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
                 prog = ray.get(tm.get_progress.remote())
                 done = prog["done"] + prog["failed"] - base["done"] - base["failed"]
                 bar.update(done - bar.n)
@@ -110,9 +111,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
                     execs=prog["executions"],
                     refresh=False,
                 )
-                if ready:
-                    ray.get(ref)
-                    break
+            ray.get(refs)  # raises what a call raised
     stats = ray.get(tm.get_progress.remote())
     train_rows = [r for r in _read_traces(run, "train") if r["problem_id"] in set(train_ids)]
     sft = {k: [] for k in ("p2t", "t2c", "p2c")}

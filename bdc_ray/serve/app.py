@@ -332,58 +332,38 @@ class SolverServer:
         self._experts_of(model_id)
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "bdc-ray"}
 
-    @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest):
-        prompts: list[Prompt] = list(body.prompts)
-        reqs, counts = self._requests(prompts, body, body.max_tokens)
+    async def _complete(
+        self, body: CompletionRequest | ChatRequest, prompts: list[Prompt], budget: int | None
+    ):
+        """Both OpenAI routes: stream, or one response with every choice."""
+        chat = isinstance(body, ChatRequest)
+        reqs, counts = self._requests(prompts, body, budget)
         if body.stream:
-            return self._stream(
-                reqs, counts, body.model, chat=False, include_usage=body.include_usage
-            )
+            return self._stream(reqs, counts, body.model, chat, body.include_usage)
         done = await self._run(reqs)
+        choices = []
+        for i, c in enumerate(done):
+            out = (
+                {"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}
+            )
+            choices.append({"index": i, **out, "logprobs": None, "finish_reason": c.finish_reason,
+                            "gates": c.meta.get("gates")})  # fmt: skip
         return {
-            "id": new_id("cmpl"),
-            "object": "text_completion",
+            "id": new_id("chatcmpl" if chat else "cmpl"),
+            "object": "chat.completion" if chat else "text_completion",
             "created": now(),
             "model": body.model,
-            "choices": [
-                {
-                    "index": i,
-                    "text": c.text,
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                    "gates": c.meta.get("gates"),
-                }  # fmt: skip
-                for i, c in enumerate(done)
-            ],
+            "choices": choices,
             "usage": usage(done, counts),
         }
 
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest):
+        return await self._complete(body, list(body.prompts), body.max_tokens)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatRequest):
-        reqs, counts = self._requests([body.chat()], body, body.budget)
-        if body.stream:
-            return self._stream(
-                reqs, counts, body.model, chat=True, include_usage=body.include_usage
-            )
-        done = await self._run(reqs)
-        return {
-            "id": new_id("chatcmpl"),
-            "object": "chat.completion",
-            "created": now(),
-            "model": body.model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                    "gates": c.meta.get("gates"),
-                }  # fmt: skip
-                for i, c in enumerate(done)
-            ],
-            "usage": usage(done, counts),
-        }
+        return await self._complete(body, [body.chat()], body.budget)
 
     @app.post("/v1/solve")
     async def solve(self, body: SolveRequest) -> dict[str, Any]:
