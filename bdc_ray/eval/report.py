@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rundir import RunDir, atomic_write_text
-from .methods import common_problems_table
-
-# methods in pipeline order; others (new adapters) follow in results order
-_ORDER = ["base_zero_shot", "base_two_stage", "mcts", "full"]
+from .methods import common_problems_table, ordered_methods
 
 
 def _load(path: Path) -> Any:
@@ -27,10 +24,12 @@ def _load(path: Path) -> Any:
         return None
 
 
-def _ordered(methods: dict[str, Any]) -> list[str]:
-    first = [m for m in _ORDER if m in methods]
-    last = [m for m in ("customized",) if m in methods]
-    return first + [m for m in methods if m not in first and m not in last] + last
+def _num(x: Any, digits: int = 5) -> Any:
+    return round(x, digits) if isinstance(x, float) else x
+
+
+def _rounded(d: Any) -> Any:
+    return {k: _num(v, 4) for k, v in d.items()} if isinstance(d, dict) else d
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -46,7 +45,7 @@ def plot_pass_at_1(methods: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = _ordered(methods)
+    names = ordered_methods(methods)
     p1 = [methods[m].get("pass@1", 0.0) for m in names]
     pr = [methods[m].get("pass_rate", 0.0) for m in names]
     x = np.arange(len(names))
@@ -152,7 +151,7 @@ def write_report(run: RunDir) -> Path:
             "",
         ]
     if methods:
-        names = _ordered(methods)
+        names = ordered_methods(methods)
         rows = [
             [
                 f"`{m}`",
@@ -245,8 +244,9 @@ def write_report(run: RunDir) -> Path:
             "## Customize (hypernetwork, Ray Tune)",
             "",
             f"{summary.get('trials')} trials ({summary.get('failed_trials')} failed); best "
-            f"validation loss {summary.get('best_val_loss')} vs the experts' mean "
-            f"{summary.get('mean_experts_val_loss')}; best config `{json.dumps(summary.get('best_config'))}`.",
+            f"validation loss {_num(summary.get('best_val_loss'))} vs the experts' mean "
+            f"{_num(summary.get('mean_experts_val_loss'))}; best config "
+            f"`{json.dumps(_rounded(summary.get('best_config')))}`.",
             "",
         ]
         if (plots / "tune.png").is_file():
