@@ -85,13 +85,15 @@ class UntrustedReturn(Exception):
 
 
 def apply_limits(limits: dict[str, Any]) -> None:
-    def cap(res: int, value: int) -> None:
+    def cap(res: int, value: int, hard: int | None = None) -> None:
         try:
-            resource.setrlimit(res, (value, value))
+            resource.setrlimit(res, (value, value if hard is None else hard))
         except (ValueError, OSError):
             pass
 
-    cap(resource.RLIMIT_CPU, int(limits["cpu_s"]))
+    # soft below hard: the kernel sends SIGXCPU (reported as a timeout) before SIGKILL; with
+    # both equal SIGKILL comes first and a CPU-bound run could read as "killed"
+    cap(resource.RLIMIT_CPU, int(limits["cpu_s"]), int(limits["cpu_s"]) + 1)
     cap(resource.RLIMIT_AS, int(limits["memory_mb"]) << 20)
     cap(resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20)
     cap(resource.RLIMIT_NOFILE, int(limits["open_files"]))
