@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
         took = round(time.perf_counter() - t0, 1)
         skipped = bool(before) and _stamp(run, stage) == before
         old = previous.get(stage)
-        if skipped and isinstance(old, dict) and not old.get("skipped"):
-            # keep the time of the run that did the work; note this run only checked
+        if skipped and isinstance(old, dict) and "wall_s" in old:
+            # keep the time of the run that did the work (through any number of reruns)
             timings[stage] = {**old, "skipped": True, "check_s": took}
         else:
             timings[stage] = {"wall_s": took, "skipped": skipped}

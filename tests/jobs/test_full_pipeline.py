@@ -99,7 +99,9 @@ def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, cap
     assert changed == []
     rerun = json.loads((run / "timings.json").read_text())
     assert all(t["skipped"] for t in rerun.values()), rerun
-    # the report keeps the times of the run that did the work
-    assert {k: v["wall_s"] for k, v in rerun.items()} == {
-        k: v["wall_s"] for k, v in timings.items()
-    }
+    # the report keeps the times of the run that did the work, through any number of reruns
+    full.main(args)
+    third = json.loads((run / "timings.json").read_text())
+    first = {k: v["wall_s"] for k, v in timings.items()}
+    for t in (rerun, third):
+        assert {k: v["wall_s"] for k, v in t.items()} == first
