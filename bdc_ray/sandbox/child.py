@@ -119,8 +119,57 @@ def scrub_environment(tmpdir: str) -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
-    os.environ.clear()
-    os.environ.update(keep)
+    if os.environ.keys() != keep.keys():
+        os.environ.clear()  # the template scrubs once at start: then only HOME and TMPDIR change
+    for k, v in keep.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+
+
+# compiled in the template before each fork (trusted sources only: prompt, preamble, tests;
+# never the program), once per template and source, so the runs of a problem share them
+_CODE_CACHE: dict[tuple[str, str], Any] = {}
+_CODE_CACHE_MAX = 50_000
+_CODE_SOURCE_MAX = 200_000
+# the template's own snapshot of builtins and the modules it preloaded (see _snapshot_modules)
+_SNAPSHOTS: dict[str, tuple[Any, list, list, dict]] = {}
+
+
+def _trusted_sources(req: dict[str, Any]) -> list[tuple[str, str]]:
+    sources = [(req.get("preamble") or "", "<test>")]
+    if req.get("prompt"):
+        sources.append((req["prompt"], "<prompt>"))
+    for t in req["tests"]:
+        sources.append(("\n".join(t.get("setup", [])) or "pass", "<test>"))
+        sources.append((t["code"], "<test>"))
+    return sources
+
+
+def precompile(req: dict[str, Any]) -> None:
+    """In the template, before forking a function run: compile its trusted sources unless
+    already cached. A source that does not compile is left to the run, which reports it."""
+    if req.get("kind") != "function":
+        return
+    if len(_CODE_CACHE) > _CODE_CACHE_MAX:
+        _CODE_CACHE.clear()
+    for key in _trusted_sources(req):
+        if key not in _CODE_CACHE and len(key[0]) <= _CODE_SOURCE_MAX:
+            try:
+                _CODE_CACHE[key] = compile(key[0], key[1], "exec")
+            except Exception:  # noqa: BLE001 - the run compiles it again and fails there
+                pass
+
+
+def _compile(source: str, name: str) -> Any:
+    code = _CODE_CACHE.get((source, name))
+    return code if code is not None else compile(source, name, "exec")
+
+
+def presnapshot(names: list[str]) -> None:
+    """In the template, after its imports: snapshot builtins and `names` once; a run reuses
+    an entry while the module is still exactly as snapshotted (checked by identity)."""
+    _SNAPSHOTS.clear()
+    _SNAPSHOTS.update(_snapshot_modules(names))
 
 
 def _install_guard(tmpdir: str, state: dict) -> None:
@@ -241,6 +290,10 @@ def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, list, list, dict
 
     snap = {}
     for name in ["builtins", *names]:
+        cached = _SNAPSHOTS.get(name)
+        if cached is not None and sys.modules.get(name) is cached[0] and _unchanged(cached):
+            snap[name] = cached
+            continue
         try:
             mod = importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a test importing a missing module fails by itself
@@ -250,16 +303,24 @@ def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, list, list, dict
     return snap
 
 
-def _restore_modules(snap: dict[str, tuple[Any, list, list, dict]]) -> None:
-    """Undo what the program did to already-loaded modules (builtins, math, ...). Compared by
+def _unchanged(entry: tuple[Any, list, list, dict]) -> bool:
+    """Whether a module's namespace still holds exactly the snapshotted objects. Compared by
     identity, in C (map/operator.is_): no `==` of a program's object runs here."""
-    for name, (mod, keys, values, saved) in snap.items():
+    mod, keys, values, _ = entry
+    d = mod.__dict__
+    return len(d) == len(keys) and all(
+        map(operator.is_, map(d.get, keys, itertools.repeat(_MISSING)), values)
+    )
+
+
+def _restore_modules(snap: dict[str, tuple[Any, list, list, dict]]) -> None:
+    """Undo what the program did to already-loaded modules (builtins, math, ...)."""
+    for name, entry in snap.items():
+        mod, saved = entry[0], entry[3]
         if sys.modules.get(name) is not mod:
             sys.modules[name] = mod
-        d = mod.__dict__
-        if len(d) != len(keys) or not all(
-            map(operator.is_, map(d.get, keys, itertools.repeat(_MISSING)), values)
-        ):
+        if not _unchanged(entry):
+            d = mod.__dict__
             d.clear()
             d.update(saved)
 
@@ -282,17 +343,14 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     helpers: dict[str, Any] = {"__name__": "__helpers__", "__builtins__": builtins}
     if req.get("prompt"):
         try:
-            exec(compile(req["prompt"], "<prompt>", "exec"), helpers)
+            exec(_compile(req["prompt"], "<prompt>"), helpers)
         except BaseException:  # noqa: BLE001 - a prompt that does not run gives no helpers
             helpers = {}
         helpers.pop(req["entry_point"], None)
     helpers = {k: v for k, v in helpers.items() if not k.startswith("__")}
-    preamble = compile(req.get("preamble") or "", "<test>", "exec")
+    preamble = _compile(req.get("preamble") or "", "<test>")
     compiled = [
-        (
-            compile("\n".join(t.get("setup", [])) or "pass", "<test>", "exec"),
-            compile(t["code"], "<test>", "exec"),
-        )
+        (_compile("\n".join(t.get("setup", [])) or "pass", "<test>"), _compile(t["code"], "<test>"))
         for t in tests
     ]
     snap = _snapshot_modules(req.get("test_modules", []))
