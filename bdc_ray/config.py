@@ -228,6 +228,12 @@ class ServeConfig(_Strict):
     )
     max_batch_size: int = Field(16, ge=1, description="requests per gated-mixture batch")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="wait to fill a batch")
+    batch_fill_wait_s: float = Field(
+        0.25,
+        ge=0,
+        description="under load, how long a batch may wait to gather as many rows as were "
+        "recently in flight together (0: no fill target; see bdc_ray/serve/window.py)",
+    )
     max_ongoing_requests: int = Field(
         64, ge=1, description="per replica; keep it >= max_batch_size or batches stay small"
     )

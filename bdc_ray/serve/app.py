@@ -14,7 +14,9 @@ requests for different ids still share a batch. Every choice carries an extra fi
 `finish_reason`).
 
 Concurrent requests meet in `SolverServer.generate` (`@serve.batch`): one gated-mixture batch
-per wait window, each row with its own gates, token budget and stream.
+per wait window, each row with its own gates, token budget and stream. A `BatchWindow`
+(window.py) sets Serve's batch size and wait per batch from the load, so batches do not split
+under closed-loop clients.
 """
 
 import asyncio
@@ -47,6 +49,7 @@ from .protocol import (
     now,
     usage,
 )
+from .window import BatchWindow
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,9 @@ class SolverServer:
             f"{self.cfg.model_name}/{UNIFORM}",
             *(f"{self.cfg.model_name}/{e}" for e in self.engine.experts),
         ]
+        self.window = BatchWindow(
+            self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s, self.cfg.batch_fill_wait_s
+        )
         self.generate.set_max_batch_size(self.cfg.max_batch_size)
         self.generate.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self._sandbox = None
@@ -159,12 +165,26 @@ class SolverServer:
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def generate(self, reqs: list[GenRequest]) -> list[Completion]:
+        self.window.batch_started([id(r) for r in reqs])
         try:
             return await asyncio.to_thread(self.engine.run, reqs)
         except RuntimeError as e:
             if "CUDA" in str(e) or "out of memory" in str(e):
                 self._fatal = str(e)  # the health check hands the replica back to Serve
             raise
+        finally:
+            self.window.batch_finished(len(reqs))
+
+    async def _generate_row(self, req: GenRequest) -> Completion:
+        """One row through the batch window (bdc_ray/serve/window.py) into `generate`."""
+        self.window.enter()
+        try:
+            size, wait = await self.window.admit(id(req))
+            self.generate.set_max_batch_size(size)  # read by Serve when a row opens a batch
+            self.generate.set_batch_wait_timeout_s(wait)
+            return await self.generate(req)
+        finally:
+            self.window.leave(id(req))
 
     def check_health(self) -> None:
         if self._fatal:
@@ -233,7 +253,7 @@ class SolverServer:
         return reqs, counts
 
     async def _run(self, reqs: list[GenRequest]) -> list[Completion]:
-        return list(await asyncio.gather(*(self.generate(r) for r in reqs)))
+        return list(await asyncio.gather(*(self._generate_row(r) for r in reqs)))
 
     def _stream(
         self,
@@ -247,7 +267,7 @@ class SolverServer:
         queue: asyncio.Queue = asyncio.Queue()
         for i, r in enumerate(reqs):
             r.on_text = lambda text, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, text))
-        tasks = [asyncio.ensure_future(self.generate(r)) for r in reqs]
+        tasks = [asyncio.ensure_future(self._generate_row(r)) for r in reqs]
         for i, t in enumerate(tasks):
             t.add_done_callback(lambda _t, i=i: queue.put_nowait((i, None)))
         rid = new_id("chatcmpl" if chat else "cmpl")
@@ -315,6 +335,7 @@ class SolverServer:
             "model": self.cfg.model_name,
             "experts": self.engine.experts,
             "batching": self.engine.stats.snapshot(),
+            "window": self.window.snapshot(),
         }
 
     @app.get("/v1/models")
