@@ -14,7 +14,9 @@ generates (seen: 7, 25, 7, 25, ... at 32 clients; a third less throughput than 3
   free (it would have waited for it anyway): the next batch holds every row that arrived
   meanwhile, instead of Serve forming it from whichever rows came first and a small one after;
 - **the fill target**: once rows have been in flight together (the peak over the last
-  `horizon_s`, counting rows generating, queued and at the gate), the next batch may wait up to
+  `horizon_s` or the last `horizon_batches` batches, whichever is longer: batches take seconds
+  on a CPU and milliseconds on a GPU; rows generating, queued and at the gate all count), the
+  next batch may wait up to
   `fill_wait_s` to gather that many rows, and closes as soon as it has them. With no such peak
   (a lone client, or the first burst after an idle spell) Serve's own `max_batch_size` and
   `batch_wait_timeout_s` apply unchanged.
@@ -38,12 +40,14 @@ class BatchWindow:
         wait_s: float,
         fill_wait_s: float,
         horizon_s: float = 5.0,
+        horizon_batches: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self.fill_wait_s = fill_wait_s
         self.horizon_s = horizon_s
+        self._batch_starts: deque[float] = deque(maxlen=max(1, horizon_batches))
         self.clock = clock
         self.inflight = 0  # rows between enter() and leave(): at the gate, queued or generating
         self._pending: set[Hashable] = set()  # rows past the gate, not yet in a started batch
@@ -71,8 +75,11 @@ class BatchWindow:
         self._peaks.append((self.clock(), self.inflight))
 
     def peak(self) -> int:
-        """Most rows in flight at once over the last `horizon_s` (the current count included)."""
-        cutoff = self.clock() - self.horizon_s
+        """Most rows in flight at once lately (see the module doc; the current count included)."""
+        now = self.clock()
+        cutoff = now - self.horizon_s
+        if len(self._batch_starts) == self._batch_starts.maxlen:
+            cutoff = min(cutoff, self._batch_starts[0])
         while self._peaks and self._peaks[0][0] < cutoff:
             self._peaks.popleft()
         return max(self._peaks[0][1] if self._peaks else 0, self.inflight)
@@ -108,6 +115,7 @@ class BatchWindow:
         self._changed = asyncio.Event()
 
     def batch_started(self, keys: list[Hashable]) -> None:
+        self._batch_starts.append(self.clock())
         self._pending.difference_update(keys)
         if not self._pending:
             self._forming = None

@@ -58,6 +58,29 @@ def test_the_fill_target_follows_the_recent_peak_and_decays():
     assert w.settings() == (32, 0.25)
 
 
+def test_slow_batches_stretch_the_horizon():
+    clock = FakeClock()
+    w = BatchWindow(
+        32, wait_s=0.05, fill_wait_s=0.25, horizon_s=5.0, horizon_batches=2, clock=clock
+    )
+    for _ in range(16):
+        w.enter()
+    w.batch_started(list(range(16)))
+    clock.t += 30.0  # one 30 s batch (a CPU): 16 rows in flight, then none
+    w.batch_finished(16)
+    for i in range(16):
+        w.leave(i)
+    clock.t += 20.0  # the next wave comes back 20 s later, after a quiet spell
+    w.enter()
+    w.batch_started([0])
+    # the last 2 batches started 50 s ago: the peak of 16 is still recent on this time scale
+    assert w.settings() == (16, 0.25)
+    clock.t += 60.0
+    w.batch_started([1])
+    clock.t += 60.0
+    assert w.peak() == 1  # two newer batches and two minutes later, it is not
+
+
 def test_fill_wait_zero_turns_the_target_off():
     w = BatchWindow(16, wait_s=0.05, fill_wait_s=0.0, clock=FakeClock())
     for _ in range(8):
