@@ -16,8 +16,8 @@ generates (seen: 7, 25, 7, 25, ... at 32 clients; a third less throughput than 3
 - **the fill target**: once rows have been in flight together (the peak over the last
   `horizon_s` or the last `horizon_batches` batches, whichever is longer: batches take seconds
   on a CPU and milliseconds on a GPU; rows generating, queued and at the gate all count), the
-  next batch may wait up to
-  `fill_wait_s` to gather that many rows, and closes as soon as it has them. With no such peak
+  next batch may wait up to `fill_wait_s` to gather that many rows, and closes as soon as it
+  has them. With no such peak
   (a lone client, or the first burst after an idle spell) Serve's own `max_batch_size` and
   `batch_wait_timeout_s` apply unchanged.
 
