@@ -6,8 +6,8 @@ Without --run-dir the solver is the embedded model with K=3 random rank-8 expert
 hypernetwork (serving cost does not depend on trained values). Each client sends greedy
 HumanEval chat requests one after another (closed loop; asyncio + aiohttp, so the load
 generator's own CPU does not pace the requests) over HTTP to the Ray Serve app (one replica,
-`@serve.batch` up to 32, its BatchWindow); then the same requests run in-process, in the very batches
-the server formed (BatchEngine.run in this process, no HTTP, no Serve; the app is deleted
+`@serve.batch` up to 32, its BatchWindow); then the same requests run in-process, in the very
+batches the server formed (BatchEngine.run in this process, no HTTP, no Serve; the app is deleted
 first, Ray stays up idle), in one run, side by side. Ray's workers (the replica) run at the
 niceness of this process (`--worker-niceness 0`; Ray's default 15 makes them yield the CPU to
 every other process, the clients included).

@@ -104,6 +104,8 @@ def main() -> None:
         "process; the plain loop runs at this process's own priority)",
     )
     args = ap.parse_args()
+    if args.steps <= args.warmup_steps:
+        ap.error(f"--steps ({args.steps}) must exceed --warmup-steps ({args.warmup_steps})")
 
     cpus = os.cpu_count() or 2
     model = str(resolve_model(args.model))
@@ -153,10 +155,8 @@ def main() -> None:
             ]
         ]
 
-    # medians over all steps: robust to the transient spikes a shared 2-core machine gives
-    # (other processes, Ray refilling its worker pool); the means are reported too
-    if args.steps <= args.warmup_steps:
-        raise SystemExit(f"--steps ({args.steps}) must exceed --warmup-steps ({args.warmup_steps})")
+    # medians over the steps after the warm-up: robust to the transient spikes a shared 2-core
+    # machine gives (other processes, Ray refilling its worker pool); the means are reported too
     ray_tps = statistics.median(step_rates(ray_runs))
     single_tps = statistics.median(step_rates(single_runs))
     all_steps_ratio = statistics.median(step_rates(ray_runs, 0)) / statistics.median(
@@ -199,35 +199,21 @@ def main() -> None:
     concurrent_s = time.perf_counter() - t0  # settle() before each way, not inside them
     ray.shutdown()
 
-    def med(lg):  # this run's median step rate after the warm-up steps
-        return statistics.median(step_rates([(lg, 0)]))
+    def row(way: str, lg: dict, wall: float) -> tuple[str, ...]:
+        return (
+            way,
+            f"{lg['tokens_per_s']:.1f}",
+            f"{statistics.median(step_rates([(lg, 0)])):.1f}",  # after the warm-up steps
+            f"{lg['step_s']:.1f}",
+            f"{lg['wall_s'] - lg['step_s']:.1f}",
+            f"{wall - lg['wall_s']:.1f}",
+            f"{lg['final_loss']:.4f}",
+        )
 
     rows = [
         ("way", "tokens/s", "median step tok/s", "steps s", "ckpt s", "setup s", "final loss"),
-        *[
-            (
-                "ray_train+deepspeed",
-                f"{lg['tokens_per_s']:.1f}",
-                f"{med(lg):.1f}",
-                f"{lg['step_s']:.1f}",
-                f"{lg['wall_s'] - lg['step_s']:.1f}",
-                f"{w - lg['wall_s']:.1f}",
-                f"{lg['final_loss']:.4f}",
-            )
-            for lg, w in ray_runs
-        ],
-        *[
-            (
-                "single process",
-                f"{lg['tokens_per_s']:.1f}",
-                f"{med(lg):.1f}",
-                f"{lg['step_s']:.1f}",
-                f"{lg['wall_s'] - lg['step_s']:.1f}",
-                f"{w - lg['wall_s']:.1f}",
-                f"{lg['final_loss']:.4f}",
-            )
-            for lg, w in single_runs
-        ],
+        *[row("ray_train+deepspeed", lg, w) for lg, w in ray_runs],
+        *[row("single process", lg, w) for lg, w in single_runs],
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -163,9 +163,9 @@ class Sandbox:
         self._start()
 
     def _default_root(self) -> str | None:
-        """A RAM file system for the runs' folders when it has room for every slot's output at
-        its cap (a run creates and deletes a folder and three files: on a journaling disk that
-        is a good share of its cost); else the usual temp dir."""
+        """A RAM file system for the runs' folders when it has four times the room every slot's
+        stdout and stderr could take at their cap (a run creates and deletes a folder and three
+        files: on a journaling disk that is a good share of its cost); else the usual temp dir."""
         need = 4 * self.concurrency * 2 * (self.limits.file_mb << 20)
         try:
             st = os.statvfs("/dev/shm")
