@@ -119,11 +119,15 @@ def scrub_environment(tmpdir: str) -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
-    if os.environ.keys() != keep.keys():
-        os.environ.clear()  # the template scrubs once at start: then only HOME and TMPDIR change
-    for k, v in keep.items():
-        if os.environ.get(k) != v:
-            os.environ[k] = v
+    os.environ.clear()
+    os.environ.update(keep)
+
+
+def point_home(tmpdir: str) -> None:
+    """In a run, after the template's scrub_environment: HOME and TMPDIR are its directory
+    (the only variables that differ between runs; set alone, they touch the fewest pages)."""
+    os.environ["HOME"] = tmpdir
+    os.environ["TMPDIR"] = tmpdir
 
 
 # compiled in the template before each fork (trusted sources only: prompt, preamble, tests;

@@ -15,6 +15,7 @@ sends SIGKILL to all it may signal), so a program's background children do not o
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import json
 import os
@@ -31,6 +32,8 @@ CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
+TEMPLATE_NAME = b"bdc-sandbox"
+RUN_NAME = b"bdc-sandbox-run"
 
 # what programs commonly import: paid for once here, not in every run
 PRELOAD = [
@@ -70,6 +73,10 @@ def _prctl(option: int, arg: int) -> bool:
     return _libc.prctl(option, arg, 0, 0, 0) == 0
 
 
+def _prctl_name(name: bytes) -> None:
+    _libc.prctl(PR_SET_NAME, name, 0, 0, 0)
+
+
 def _unshare(flags: int) -> bool:
     return _libc.unshare(flags) == 0
 
@@ -88,16 +95,18 @@ def _sweep(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _child(req: dict, vfd: int, sock: socket.socket, live_w: int) -> None:
+def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, stdio: tuple) -> None:
     """In the forked child: isolate, then hand over to the harness. Never returns."""
     from bdc_ray.sandbox import child as harness
 
+    # Every page this process writes that it shares with the template is copied first (~700
+    # copies made up most of a run's cost): what can be done once is done in the template
+    # (name, no-new-privs, stdio objects), and the rest uses the cheapest call that does it.
     try:
         sock.close()
-        _libc.prctl(PR_SET_NAME, b"bdc-sandbox-run", 0, 0, 0)  # what ps and top show
         os.setsid()
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(s, signal.SIG_DFL)
+            _signal.signal(s, _signal.SIG_DFL)  # not signal.signal: it builds enums
         tmpdir = req["tmpdir"]
         os.chdir(tmpdir)
         uid = req["limits"].get("uid")
@@ -106,7 +115,6 @@ def _child(req: dict, vfd: int, sock: socket.socket, live_w: int) -> None:
         os.dup2(stdin, 0)
         harness.apply_limits(req["limits"])
         harness.drop_privileges(uid)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
         # output files are created as the run's uid, inside its directory, capped by RLIMIT_FSIZE
         out = os.open("stdout", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         err = os.open("stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -121,13 +129,18 @@ def _child(req: dict, vfd: int, sock: socket.socket, live_w: int) -> None:
         os.closerange(3, keep[0])
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 1 << 16)
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-        harness.scrub_environment(tmpdir)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized output: an error, not a crash
+        sys.stdin, sys.stdout, sys.stderr = stdio  # made in the template, over fds 0-2
+        harness.point_home(tmpdir)
+        _signal.signal(signal.SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if req["kind"] == "function":
             harness.run_function(req, vfd)
+            # what the program printed reaches its files (os._exit below flushes nothing); our
+            # own stream objects, whatever the program did to sys.stdout
+            for stream in stdio[1:]:
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - e.g. past RLIMIT_FSIZE: keep what was written
+                    pass
         else:
             # the verdict pipe stays open (and unread) so that its EOF marks the end of the run
             harness.run_stdio(req)
@@ -156,6 +169,16 @@ def serve(sock: socket.socket, isolation: dict) -> None:
     # not copy every page by touching its objects
     gc.collect()
     gc.freeze()
+    _libc.malloc_trim(0)  # give back what compiling and importing freed: every fork maps less
+    # once for every run: no run gains privileges through exec (the template never execs), and
+    # the text streams a run puts on its fds 0-2 (never written here, so their buffers are empty)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    stdio = (
+        open(0, closefd=False),  # noqa: SIM115
+        open(1, "w", closefd=False),  # noqa: SIM115
+        open(2, "w", closefd=False),  # noqa: SIM115
+    )
+    _prctl_name(TEMPLATE_NAME)
 
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
@@ -195,12 +218,14 @@ def serve(sock: socket.socket, isolation: dict) -> None:
             if msg["op"] == "run":
                 harness.precompile(msg)
                 live_r, live_w = os.pipe()
+                _prctl_name(RUN_NAME)  # the run inherits it: what ps and top show
                 pid = os.fork()
                 if pid == 0:
                     signal.set_wakeup_fd(-1)
                     for fd in (rfd, wfd, live_r):
                         os.close(fd)
-                    _child(msg, fds[0], sock, live_w)
+                    _child(msg, fds[0], sock, live_w, stdio)
+                _prctl_name(TEMPLATE_NAME)
                 os.close(live_w)
                 for fd in fds:
                     os.close(fd)

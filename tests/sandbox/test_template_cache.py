@@ -76,3 +76,31 @@ def test_a_snapshot_is_reused_only_while_the_module_is_unchanged():
     finally:
         sys.modules.pop(mod.__name__, None)
         child._SNAPSHOTS.clear()
+
+
+def test_what_the_template_sets_once_every_run_still_has(sandbox):
+    """Name, environment and stdio are prepared in the template (not per run): each run must
+    still show its own name, see only the scrubbed variables with HOME/TMPDIR at its own folder,
+    and write through working stdio to its own files."""
+    program = (
+        "import os, sys\n"
+        "def f(x):\n"
+        "    name = open('/proc/self/stat').read().split('(')[1].split(')')[0]\n"
+        "    print('out-marker'); print('err-marker', file=sys.stderr)\n"
+        "    return [name, os.getcwd(), os.environ['HOME'], os.environ['TMPDIR'],\n"
+        "            sorted(os.environ)]\n"
+    )
+    seen = []
+    for _ in range(2):
+        result = sandbox.check_function(
+            program, "f", [TestCase("assert", code="assert candidate(0) == 0")]
+        )
+        got = result.tests[0].feedback
+        assert "'bdc-sandbox-run'" in got, got
+        start = got.index("got: ") + 5
+        name, cwd, home, tmp, keys = eval(got[start:].splitlines()[0])  # a plain repr
+        assert home == tmp == cwd and cwd.startswith(str(sandbox.root)), (cwd, home, tmp)
+        assert keys == ["HOME", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "TMPDIR"]
+        assert result.stdout.strip() == "out-marker" and result.stderr.strip() == "err-marker"
+        seen.append(cwd)
+    assert seen[0] != seen[1]  # each run its own folder
