@@ -7,6 +7,14 @@ directory. The verdict of each function test goes out on a pipe, tagged with a p
 that the supervisor chose; the program never holds a reference to the nonces (they live in
 this module's local variables, reachable only through frames, which the hook refuses), so
 printing, exiting early, or writing to the pipe cannot forge a pass.
+
+Everything a run does after the program has loaded goes through `seal()`: the harness's
+functions are rebound, in the template, to a private copy of this module's globals and of
+builtins, and use the library functions captured below when this module was imported. A
+program that patches `builtins`, `os.write`, `json` or this module (reachable through
+`sys.modules`) changes what it sees itself, never what the harness runs or what a test reads:
+tests and the prompt's helpers get the private builtins, and the modules they use are restored
+after every call into the program, once its threads, timers and finalisers can no longer act.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ from __future__ import annotations
 import _signal
 import _thread
 import builtins
+import gc
 import itertools
+import json.encoder
 import operator
 import os
 import resource
-import signal
 import sys
+import types
 from typing import Any
 
 # exact types a candidate may return: containers of these are walked, anything else (a class
@@ -37,43 +47,83 @@ _BLOCKED_PREFIXES = (
     "winreg.",
     "_winapi.",
 )
-_BLOCKED = {
-    "sys._getframe",
-    "sys._current_frames",
-    "sys._current_exceptions",
-    "sys.settrace",
-    "sys.setprofile",
-    "sys.addaudithook",
-    "os.fork",
-    "os.forkpty",
-    "os.system",
-    "os.kill",
-    "os.killpg",
-    "os.startfile",
-    "pty.spawn",
-    "object.__getattr__",
-    "code.__new__",
-    "function.__new__",
-    "cpython.PyInterpreterState_New",
-    "cpython.run_file",
-}
-_PATH_EVENTS = {
-    "os.remove",
-    "os.rename",
-    "os.mkdir",
-    "os.rmdir",
-    "os.chmod",
-    "os.chown",
-    "os.symlink",
-    "os.link",
-    "os.truncate",
-    "os.utime",
-    "shutil.rmtree",
-    "shutil.move",
-    "os.chdir",
-    "os.chroot",
-}
-_BLOCKED_MODULES = {"ctypes", "_ctypes", "cffi", "_posixsubprocess", "multiprocessing"}
+_BLOCKED = frozenset(
+    {
+        "sys._getframe",
+        "sys._current_frames",
+        "sys._current_exceptions",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.addaudithook",
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.kill",
+        "os.killpg",
+        "os.startfile",
+        "pty.spawn",
+        "object.__getattr__",
+        "code.__new__",
+        "function.__new__",
+        "cpython.PyInterpreterState_New",
+        "cpython.run_file",
+    }
+)
+_PATH_EVENTS = frozenset(
+    {
+        "os.remove",
+        "os.rename",
+        "os.mkdir",
+        "os.rmdir",
+        "os.chmod",
+        "os.chown",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+        "os.utime",
+        "shutil.rmtree",
+        "shutil.move",
+        "os.chdir",
+        "os.chroot",
+    }
+)
+_BLOCKED_MODULES = frozenset({"ctypes", "_ctypes", "cffi", "_posixsubprocess", "multiprocessing"})
+# types by identity: `t in (int, ...)` would ask a metaclass's __eq__
+_PLAIN_IDS = frozenset(map(id, _PLAIN))
+_CONTAINER_IDS = frozenset(map(id, _CONTAINERS))
+
+# captured at import, in the template: the library functions the sealed harness calls once a
+# program may have replaced the module attributes they came from
+_os_write = os.write
+_fsdecode = os.fsdecode
+_realpath = os.path.realpath
+_join = os.path.join
+_isabs = os.path.isabs
+_SEP = os.sep
+_O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+_setitimer = _signal.setitimer
+_set_handler = _signal.signal
+_sigmask = _signal.pthread_sigmask
+_SIG_BLOCK, _SIG_SETMASK, _SIG_IGN = _signal.SIG_BLOCK, _signal.SIG_SETMASK, _signal.SIG_IGN
+_SIGALRM, _SIGVTALRM, _SIGPROF = _signal.SIGALRM, _signal.SIGVTALRM, _signal.SIGPROF
+_ITIMER_REAL, _ITIMER_VIRTUAL, _ITIMER_PROF = (
+    _signal.ITIMER_REAL,
+    _signal.ITIMER_VIRTUAL,
+    _signal.ITIMER_PROF,
+)
+_get_ident = _thread.get_ident
+_thread_count = _thread._count
+_gc_enable, _gc_disable = gc.enable, gc.disable
+_modules = sys.modules  # the interpreter's own dict, even if a program rebinds sys.modules
+_is = operator.is_
+_PathLike = os.PathLike
+_repeat = itertools.repeat
+_json_str = json.encoder.encode_basestring_ascii
+_ModuleType = types.ModuleType
+_MODULE_DICT = types.ModuleType.__dict__["__dict__"]
+_set_attr = object.__setattr__
+_SEALED = False  # True in the private copy of these globals that seal() makes
+_TEST_BUILTINS: dict[str, Any] = {}  # seal(): the private builtins of tests and helpers
 
 
 class _TestTimeout(BaseException):
@@ -136,7 +186,7 @@ _CODE_CACHE: dict[tuple[str, str], Any] = {}
 _CODE_CACHE_MAX = 50_000
 _CODE_SOURCE_MAX = 200_000
 # the template's own snapshot of builtins and the modules it preloaded (see _snapshot_modules)
-_SNAPSHOTS: dict[str, tuple[Any, list, list, dict]] = {}
+_SNAPSHOTS: dict[str, tuple[Any, ...]] = {}
 
 
 def _trusted_sources(req: dict[str, Any]) -> list[tuple[str, str]]:
@@ -177,19 +227,19 @@ def presnapshot(names: list[str]) -> None:
 
 
 def _install_guard(tmpdir: str, state: dict) -> None:
-    root = os.path.realpath(tmpdir) + os.sep
+    root = _realpath(tmpdir) + _SEP
 
     def inside(path: Any) -> bool:
         if isinstance(path, int):
             return True  # an already-open descriptor: opening it was checked
         try:
-            p = os.fsdecode(path)
+            p = _fsdecode(path)
         except TypeError:
             return False
-        full = os.path.realpath(p if os.path.isabs(p) else os.path.join(root, p))
-        return (full + os.sep).startswith(root)
+        full = _realpath(p if _isabs(p) else _join(root, p))
+        return (full + _SEP).startswith(root)
 
-    main = _thread.get_ident()
+    main = _get_ident()
 
     def hook(event: str, args: tuple) -> None:
         if not state["armed"]:
@@ -198,7 +248,7 @@ def _install_guard(tmpdir: str, state: dict) -> None:
             event == "object.__getattr__"
             and state["formatting"]
             and args[1] in ("tb_frame", "f_code")
-            and _thread.get_ident() == main
+            and _get_ident() == main
         ):
             return
         if event in _BLOCKED or event.startswith(_BLOCKED_PREFIXES):
@@ -208,16 +258,16 @@ def _install_guard(tmpdir: str, state: dict) -> None:
         if event == "open":
             path, mode, flags = args[0], args[1], args[2]
             writing = (mode and any(c in str(mode) for c in "wax+")) or (
-                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+                isinstance(flags, int) and flags & _O_WRITE
             )
-            p = os.fsdecode(path) if isinstance(path, str | bytes) else ""
+            p = _fsdecode(path) if isinstance(path, str | bytes) else ""
             if p.startswith("/proc") and not p.startswith("/proc/self/stat"):
                 raise PermissionError("sandbox: /proc is not readable")
             if writing and not inside(path):
                 raise PermissionError(f"sandbox: writing outside the run directory ({p})")
         elif event in _PATH_EVENTS:
             for a in args[:2]:
-                if isinstance(a, str | bytes | os.PathLike) and not inside(a):
+                if isinstance(a, str | bytes | _PathLike) and not inside(a):
                     raise PermissionError(f"sandbox: {event} outside the run directory")
 
     sys.addaudithook(hook)
@@ -225,13 +275,12 @@ def _install_guard(tmpdir: str, state: dict) -> None:
 
 def _plain(value: Any, depth: int = 0) -> bool:
     t = type(value)
-    if t in _PLAIN:
+    if id(t) in _PLAIN_IDS:
         return True
-    if t in _CONTAINERS and depth < 20:
-        items = value.items() if t is dict else value
+    if id(t) in _CONTAINER_IDS and depth < 20:
         if t is dict:
-            return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in items)
-        return all(_plain(v, depth + 1) for v in items)
+            return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+        return all(_plain(v, depth + 1) for v in value)
     return False
 
 
@@ -247,6 +296,7 @@ _ALL_SIGNALS = _signal.valid_signals()
 _MISSING = object()
 _TYPE_NAME = type.__dict__["__name__"]
 _EXC_ARGS = BaseException.__dict__["args"]
+_EXC_TB = BaseException.__dict__["__traceback__"]
 
 
 def _classify(exc: BaseException, state: dict, per_test: float) -> tuple[str, dict]:
@@ -271,10 +321,10 @@ def _describe(exc: BaseException, state: dict, limit: int = 600) -> str:
     # tb_frame may be read in this window, by this thread only; signals wait, so no handler of
     # the program runs inside it; nothing read here calls program code
     # (_signal's C functions: signal's wrappers turn every signal number into an enum, slowly)
-    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+    blocked = _sigmask(_SIG_BLOCK, _ALL_SIGNALS)
     state["formatting"] = True
     try:
-        tb = exc.__traceback__
+        tb = _EXC_TB.__get__(exc)  # not exc.__traceback__: a class could make that a property
         while tb is not None:
             code = tb.tb_frame.f_code
             if code.co_filename in ("<program>", "<test>"):
@@ -282,69 +332,119 @@ def _describe(exc: BaseException, state: dict, limit: int = 600) -> str:
             tb = tb.tb_next
     finally:
         state["formatting"] = False
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+        _sigmask(_SIG_SETMASK, blocked)
     text = head + ("\n  " + "\n  ".join(lines[-4:]) if lines else "")
     return text[:limit]
 
 
-def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, list, list, dict]]:
-    """The modules the tests use (and builtins): a program that patches `math.isclose` or
-    `builtins.abs` to fake a pass has its change undone before each test."""
+def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, ...]]:
+    """The modules the tests and helpers use, and builtins (for library code they call): a
+    program that patches `math.isclose` or `builtins.abs` to fake a pass has its change undone.
+    An entry is immutable: (module, its type, keys, values), tuples all."""
     import importlib
 
     snap = {}
     for name in ["builtins", *names]:
         cached = _SNAPSHOTS.get(name)
-        if cached is not None and sys.modules.get(name) is cached[0] and _unchanged(cached):
+        if cached is not None and _modules.get(name) is cached[0] and _unchanged(cached):
             snap[name] = cached
             continue
         try:
             mod = importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a test importing a missing module fails by itself
             continue
-        saved = dict(mod.__dict__)
-        snap[name] = (mod, list(saved), list(saved.values()), saved)
+        d = _MODULE_DICT.__get__(mod)
+        snap[name] = (mod, type(mod), tuple(d), tuple(d.values()))
     return snap
 
 
-def _unchanged(entry: tuple[Any, list, list, dict]) -> bool:
-    """Whether a module's namespace still holds exactly the snapshotted objects. Compared by
-    identity, in C (map/operator.is_): no `==` of a program's object runs here."""
-    mod, keys, values, _ = entry
-    d = mod.__dict__
-    return len(d) == len(keys) and all(
-        map(operator.is_, map(d.get, keys, itertools.repeat(_MISSING)), values)
-    )
+def _unchanged(entry: tuple[Any, ...]) -> bool:
+    """Whether a module is still exactly as snapshotted: same type, same names bound to the
+    same objects. Compared by identity, in C (map/operator.is_): no `==` of a program's
+    object runs here."""
+    mod, cls, keys, values = entry
+    if type(mod) is not cls:
+        return False
+    d = _MODULE_DICT.__get__(mod)
+    return len(d) == len(keys) and all(map(_is, map(d.get, keys, _repeat(_MISSING)), values))
 
 
-def _restore_modules(snap: dict[str, tuple[Any, list, list, dict]]) -> None:
+def _restore_modules(snap: dict[str, tuple[Any, ...]]) -> None:
     """Undo what the program did to already-loaded modules (builtins, math, ...)."""
     for name, entry in snap.items():
-        mod, saved = entry[0], entry[3]
-        if sys.modules.get(name) is not mod:
-            sys.modules[name] = mod
+        mod, cls, keys, values = entry
+        if _modules.get(name) is not mod:
+            _modules[name] = mod
         if not _unchanged(entry):
-            d = mod.__dict__
+            if type(mod) is not cls:
+                _set_attr(mod, "__class__", cls)
+            d = _MODULE_DICT.__get__(mod)
             d.clear()
-            d.update(saved)
+            d.update(zip(keys, values, strict=True))
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _TestTimeout()
+
+
+def _settle() -> str | None:
+    """After program code ran (its load, each call): stop what could still run program code
+    later, in the harness's time. Collection (finalisers) was switched off by the caller;
+    timers and their handlers are reset here; threads cannot be stopped, so a program that
+    leaves one running gets an error (returned) for the test."""
+    _setitimer(_ITIMER_VIRTUAL, 0)
+    _setitimer(_ITIMER_PROF, 0)
+    _set_handler(_SIGVTALRM, _SIG_IGN)
+    _set_handler(_SIGPROF, _SIG_IGN)
+    _set_handler(_SIGALRM, _on_alarm)
+    running = _thread_count()
+    if running:
+        return (
+            f"the program left {running} thread(s) running; a running thread could change "
+            "what the test reads, so its result is not trusted"
+        )
+    return None
+
+
+def seal() -> tuple[Any, Any]:
+    """In the template, once: `run_function` and `run_stdio` bound to a private copy of this
+    module's globals, in which every function of the module is rebound the same way and
+    builtins are a private copy too. Nothing a program can reach refers to that copy (the
+    alarm handler, which `signal.getsignal` hands out, gets globals of its own)."""
+    own = globals()
+    private = dict(own)
+    private["__builtins__"] = dict(builtins.__dict__)
+    for name, value in own.items():
+        if type(value) is types.FunctionType and value.__globals__ is own:
+            f = types.FunctionType(
+                value.__code__, private, value.__name__, value.__defaults__, value.__closure__
+            )
+            f.__kwdefaults__ = value.__kwdefaults__
+            private[name] = f
+    private["_on_alarm"] = types.FunctionType(
+        _on_alarm.__code__, {"__builtins__": {}, "_TestTimeout": _TestTimeout}, "_on_alarm"
+    )
+    private["_TEST_BUILTINS"] = private["__builtins__"]
+    private["_SEALED"] = True
+    return private["run_function"], private["run_stdio"]
 
 
 def run_function(req: dict[str, Any], vfd: int) -> None:
     """Run the program, then each test; write `<nonce> <status> <feedback>` per test."""
-    import json
-
+    if not _SEALED:
+        return seal()[0](req, vfd)
     nonces = req.pop("nonces")
     tests = req["tests"]
     per_test = float(req["limits"]["test_timeout_s"])
     state = {"armed": False, "formatting": False}
 
-    def emit(i: int, status: str, info: dict) -> None:
-        line = f"{nonces[i]} {status} {json.dumps(info)}\n".encode()
-        os.write(vfd, line)
+    def emit(i: int, status: str, info: dict[str, str]) -> None:
+        body = ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in info.items())
+        _os_write(vfd, f"{nonces[i]} {status} {{{body}}}\n".encode())
 
     # trusted helpers from the prompt (HumanEval tests may call them, e.g. `poly`): the program
-    # may redefine them, the tests still get the prompt's own
-    helpers: dict[str, Any] = {"__name__": "__helpers__", "__builtins__": builtins}
+    # may redefine them, the tests still get the prompt's own, with the private builtins
+    helpers: dict[str, Any] = {"__name__": "__helpers__", "__builtins__": _TEST_BUILTINS}
     if req.get("prompt"):
         try:
             exec(_compile(req["prompt"], "<prompt>"), helpers)
@@ -359,26 +459,28 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     ]
     snap = _snapshot_modules(req.get("test_modules", []))
 
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise _TestTimeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
+    _set_handler(_SIGALRM, _on_alarm)
     _install_guard(req["tmpdir"], state)
     program_ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     state["armed"] = True
-    signal.setitimer(signal.ITIMER_REAL, per_test)
+    _setitimer(_ITIMER_REAL, per_test)
     try:
         exec(compile(req["program"], "<program>", "exec"), program_ns)
         load_error = None
     except BaseException as e:  # noqa: BLE001 - SystemExit and friends are program errors
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _setitimer(_ITIMER_REAL, 0)
         status, info = _classify(e, state, per_test)
         info["error"] = "while loading the program: " + info.get("error", "")
         load_error = ("error" if status == "failed" else status, info)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _setitimer(_ITIMER_REAL, 0)
     # the hook stays armed from here to the end of the process: the harness code below needs
-    # nothing it refuses, and a program thread or signal handler never meets an open window
+    # nothing it refuses, and a program thread or signal handler never meets an open window.
+    # Program garbage is collected (its finalisers run) only while program code runs.
+    _gc_disable()
+    left = _settle()
+    if load_error is None and left is not None:
+        load_error = ("error", {"error": "while loading the program: " + left})
     candidate = program_ns.get(req["entry_point"])
     if load_error is None and not callable(candidate):
         load_error = ("error", {"error": f"the program defines no function {req['entry_point']}"})
@@ -389,33 +491,45 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     last = {"value": None, "set": False}
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        value = candidate(*args, **kwargs)
-        if not _plain(value):
+        _gc_enable()
+        try:
+            value = candidate(*args, **kwargs)
+            plain = _plain(value)
+            if not plain:
+                kind = _TYPE_NAME.__get__(type(value), type)
+                value = None  # dropped here, where its finaliser may still run
+        finally:
+            _gc_disable()
+            left = _settle()
+            _restore_modules(snap)  # last: nothing of the program can run after it
+        if left is not None:
+            raise UntrustedReturn(left)
+        if not plain:
             raise UntrustedReturn(
-                f"returned a {type(value).__name__}; only plain values (numbers, strings, "
+                f"returned a {kind}; only plain values (numbers, strings, "
                 "lists, tuples, dicts, sets, None) are compared"
             )
         last["value"], last["set"] = value, True
         return value
 
     for i, (setup, code) in enumerate(compiled):
-        _restore_modules(snap)
         ns = dict(program_ns)
         ns.update(helpers)
         ns["candidate"] = guarded
-        ns["__builtins__"] = builtins
+        ns["__builtins__"] = _TEST_BUILTINS
+        _restore_modules(snap)
         last["set"] = False
         status, info = "passed", {}
-        signal.setitimer(signal.ITIMER_REAL, per_test)
+        _setitimer(_ITIMER_REAL, per_test)
         try:
             exec(preamble, ns)
             exec(setup, ns)
             exec(code, ns)
         except BaseException as e:  # noqa: BLE001 - classified below, disarmed first
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _setitimer(_ITIMER_REAL, 0)
             status, info = _classify(e, state, per_test)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            _setitimer(_ITIMER_REAL, 0)
         if status != "passed" and last["set"]:
             info["got"] = _safe_repr(last["value"])
         emit(i, status, info)

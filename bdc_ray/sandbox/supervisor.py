@@ -101,9 +101,12 @@ def _worst(statuses: list[str]) -> Status:
 
 
 @functools.lru_cache(maxsize=4096)
-def _test_modules(codes: tuple[str, ...]) -> list[str]:
+def _test_modules(codes: tuple[str, ...], prompt: str = "") -> list[str]:
+    """Modules whose contents a run restores after each call into the program: those the
+    tests import, and those the prompt's helpers keep a reference to (`import math`; a name
+    taken with `from math import fabs` is bound before the program runs)."""
     names: set[str] = set()
-    for code in codes:
+    for code, whole in [(c, True) for c in codes] + [(prompt, False)]:
         try:
             tree = ast.parse(code)
         except SyntaxError:
@@ -111,7 +114,7 @@ def _test_modules(codes: tuple[str, ...]) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            elif whole and isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.add(node.module)
     return sorted(names)
 
@@ -402,7 +405,8 @@ class Sandbox:
                 "preamble": preamble,
                 "tests": [{"code": t.code, "setup": list(t.setup)} for t in tests],
                 "test_modules": _test_modules(
-                    (preamble, *(t.code for t in tests), *(s for t in tests for s in t.setup))
+                    (preamble, *(t.code for t in tests), *(s for t in tests for s in t.setup)),
+                    prompt,
                 ),
                 "nonces": nonces,
                 "limits": self._limits(uid, deadline),

@@ -95,10 +95,11 @@ def _sweep(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, stdio: tuple) -> None:
+def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, prepared: tuple) -> None:
     """In the forked child: isolate, then hand over to the harness. Never returns."""
     from bdc_ray.sandbox import child as harness
 
+    stdio, run_function, run_stdio = prepared
     # Every page this process writes that it shares with the template is copied first (~700
     # copies made up most of a run's cost): what can be done once is done in the template
     # (name, no-new-privs, stdio objects), and the rest uses the cheapest call that does it.
@@ -133,7 +134,7 @@ def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, stdio: tuple) 
         harness.point_home(tmpdir)
         _signal.signal(signal.SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if req["kind"] == "function":
-            harness.run_function(req, vfd)
+            run_function(req, vfd)
             # what the program printed reaches its files (os._exit below flushes nothing); our
             # own stream objects, whatever the program did to sys.stdout
             for stream in stdio[1:]:
@@ -143,7 +144,7 @@ def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, stdio: tuple) 
                     pass
         else:
             # the verdict pipe stays open (and unread) so that its EOF marks the end of the run
-            harness.run_stdio(req)
+            run_stdio(req)
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
@@ -178,6 +179,9 @@ def serve(sock: socket.socket, isolation: dict) -> None:
         open(1, "w", closefd=False),  # noqa: SIM115
         open(2, "w", closefd=False),  # noqa: SIM115
     )
+    # the harness bound to private globals; held only here (and so, in a run, only by frames,
+    # which a program may not read)
+    prepared = (stdio, *harness.seal())
     _prctl_name(TEMPLATE_NAME)
 
     rfd, wfd = os.pipe()
@@ -224,7 +228,7 @@ def serve(sock: socket.socket, isolation: dict) -> None:
                     signal.set_wakeup_fd(-1)
                     for fd in (rfd, wfd, live_r):
                         os.close(fd)
-                    _child(msg, fds[0], sock, live_w, stdio)
+                    _child(msg, fds[0], sock, live_w, prepared)
                 _prctl_name(TEMPLATE_NAME)
                 os.close(live_w)
                 for fd in fds:

@@ -432,7 +432,196 @@ HOSTILE = [
     ),
 ]
 
+# forging by patching: the harness's own code, the standard library it calls, and what a test
+# reads after the candidate ran (the test below reads `math.isclose` and `abs` only after the
+# call, so a patch made during the call would be seen without the harness's defences)
+LIAR = """
+class Liar:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    def __lt__(self, other): return True
+"""
+HOSTILE += [
+    (
+        "patches builtins.type in the call",
+        prog(LIAR)
+        + prog("""
+        def add(a, b):
+            import builtins
+            builtins.type = lambda *a: int if len(a) == 1 else object
+            return Liar()
+        """),
+        {"failed", "error"},
+    ),
+    (
+        "patches the harness through sys.modules",
+        prog(LIAR)
+        + prog("""
+        import sys
+        def add(a, b):
+            for name, m in list(sys.modules.items()):
+                if name.startswith("bdc_ray"):
+                    for attr in ("_plain", "_safe_repr"):
+                        if hasattr(m, attr):
+                            setattr(m, attr, lambda *a, **k: True)
+            return Liar()
+        """),
+        {"failed", "error"},
+    ),
+    (
+        "imports the harness and empties its blocklists",
+        prog("""
+        import sys
+        def add(a, b):
+            for name, m in list(sys.modules.items()):
+                if name.startswith("bdc_ray"):
+                    for attr in ("_BLOCKED", "_PATH_EVENTS", "_BLOCKED_MODULES"):
+                        v = getattr(m, attr, None)
+                        if v is not None:
+                            try: v.clear()
+                            except AttributeError: pass
+                            setattr(m, attr, frozenset())
+                    if hasattr(m, "_BLOCKED_PREFIXES"): m._BLOCKED_PREFIXES = ("\\0",)
+            f = sys._getframe(1)
+            while f is not None:
+                loc = f.f_locals
+                if "nonces" in loc and "vfd" in loc:
+                    import os
+                    for n in loc["nonces"]:
+                        os.write(loc["vfd"], (n + " passed {}\\n").encode())
+                f = f.f_back
+            return 0
+        """),
+        {"failed", "error"},
+    ),
+    (
+        "rewrites verdicts through os.write",
+        prog("""
+        import os
+        _write = os.write
+        os.write = lambda fd, data: _write(fd, data.replace(b" failed ", b" passed "))
+        def add(a, b): return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "rewrites verdicts through json",
+        prog("""
+        import json, os
+        _dumps = json.dumps
+        def dumps(*a, **k):
+            os.write(2, b"saw a verdict\\n")
+            return "{}"
+        json.dumps = dumps
+        def add(a, b): return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "patches math during the call",
+        prog("""
+        import math
+        def add(a, b):
+            math.isclose = lambda *a, **k: True
+            return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "patches abs during the call",
+        prog("""
+        import builtins
+        def add(a, b):
+            builtins.abs = lambda x: 0
+            return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "swaps math in sys.modules during the call",
+        prog("""
+        import sys, types
+        def add(a, b):
+            fake = types.ModuleType("math"); fake.isclose = lambda *a, **k: True
+            sys.modules["math"] = fake
+            return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "poisons the harness's snapshot of math",
+        prog("""
+        import sys, math
+        def add(a, b):
+            for name, m in list(sys.modules.items()):
+                for entry in (getattr(m, "_SNAPSHOTS", None) or {}).values():
+                    try:
+                        if entry[0] is math:
+                            entry[3]["isclose"] = lambda *a, **k: True
+                            entry[2][entry[1].index("isclose")] = None
+                    except Exception:
+                        pass
+            math.isclose = lambda *a, **k: True
+            return 0
+        """),
+        {"failed"},
+    ),
+    (
+        "patches math from a signal handler",
+        prog("""
+        import math, signal
+        def patch(*a): math.isclose = lambda *a, **k: True
+        def add(a, b):
+            signal.signal(signal.SIGPROF, patch)
+            signal.setitimer(signal.ITIMER_PROF, 0.0005, 0.0005)
+            return 0
+        """),
+        {"failed", "error"},
+    ),
+    (
+        "patches math from a thread",
+        prog("""
+        import math, threading
+        def loop():
+            while True: math.isclose = lambda *a, **k: True
+        def add(a, b):
+            threading.Thread(target=loop, daemon=True).start()
+            return 0
+        """),
+        {"failed", "error"},
+    ),
+    (
+        "reaches the harness through the alarm handler",
+        prog("""
+        import signal, sys
+        def add(a, b):
+            h = signal.getsignal(signal.SIGALRM)
+            g = getattr(h, "__globals__", {})
+            for k in ("_BLOCKED", "_BLOCKED_MODULES"):
+                if k in g: g[k] = frozenset()
+            if "_BLOCKED_PREFIXES" in g: g["_BLOCKED_PREFIXES"] = ("\\0",)
+            f = sys._getframe(1)
+            while f is not None:
+                loc = f.f_locals
+                if "nonces" in loc and "vfd" in loc:
+                    import os
+                    for n in loc["nonces"]:
+                        os.write(loc["vfd"], (n + " passed {}\\n").encode())
+                f = f.f_back
+            return 0
+        """),
+        {"failed", "error"},
+    ),
+]
+
 MATH_TESTS = [TestCase("assert", code="import math\nassert math.isclose(candidate(1, 2), 3)")]
+# read after the call: the value first, then the patched-or-not helpers
+AFTER_CALL_TESTS = [
+    TestCase(
+        "assert", code="assert math.isclose(x, 3)", setup=("x = candidate(1, 2)", "import math")
+    ),
+    TestCase("assert", code="assert abs(x - 4) < 1e-9", setup=("x = candidate(2, 2)",)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +650,13 @@ def _sandbox_processes() -> list[int]:
 @pytest.mark.parametrize("name, program, statuses", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_program(sandbox, host, name, program, statuses):
     program = program.replace("SENTINEL_DIR", repr(str(host)))
-    tests = MATH_TESTS if "math" in name else ADD.tests
+    tests = (
+        AFTER_CALL_TESTS
+        if "during the call" in name or " math " in f" {name} "
+        else MATH_TESTS
+        if "math" in name
+        else ADD.tests
+    )
     r = sandbox.check_function(program, "add", tests, prompt=ADD.prompt)
     assert not r.passed and r.pass_rate == 0.0
     assert r.status in statuses, (r.status, r.feedback(), r.stderr[-500:])
