@@ -16,19 +16,21 @@
    median of the repeats), spikes included.
 2. K experts, each a TorchTrainer of one 1-CPU worker: all K at once vs one after another
    (wall time of the whole fit, start-up included).
-Both ways get the same CPUs. Prints a table, then one JSON line.
+Both ways get the same CPUs, and each run its own fresh process (the plain loop in a spawned
+child, as Ray Train's worker is one). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,14 @@ def fit(cfg: Config, spec: ExpertSpec, storage: Path, name: str) -> tuple[dict, 
     make_trainer(cfg, spec, storage, name).fit()
     wall = time.perf_counter() - t0
     return json.loads((Path(spec.out_dir) / "train_log.json").read_text()), wall
+
+
+def single_run(spec: ExpertSpec, threads: int) -> dict:
+    """The plain loop, in a process of its own (see main)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_single_process(spec, write=False)
 
 
 def main() -> None:
@@ -137,13 +147,15 @@ def main() -> None:
         settle()
         log_ray, wall_ray = fit(cfg, spec, tmp / "storage", f"bench-{rep}")
         ray_runs.append((log_ray, wall_ray))
-        import torch
-
-        torch.set_num_threads(cpus)
+        # the plain loop runs in a fresh process, as Ray Train's worker does: a Ray Train run
+        # right after a plain run *in this driver* was 10-25% slower (157-187 vs ~198 tok/s
+        # when the driver had not trained; 205 when the plain run had been in a child that
+        # exited), an artefact of the benchmark's own process that would tilt the comparison
         settle()
         t0 = time.perf_counter()
         spec1 = ExpertSpec("bench", model, examples, str(tmp / f"single{rep}"), e, seed=0)
-        log_single = train_single_process(spec1, write=False)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            log_single = pool.submit(single_run, spec1, cpus).result()
         single_runs.append((log_single, time.perf_counter() - t0))
 
     def step_rates(runs, skip=args.warmup_steps):  # tokens/s of every timed step of every repeat
