@@ -42,8 +42,11 @@ class _GatedBackend(TransformersBackend):
         if self.on_token is not None:
             cb = self.on_token
             extra["on_token"] = lambda j, tok: cb(rows[j], tok)
-        with self.mix.gated(self.row_gates[rows]):
-            return self._generate_batch(batch, sampling, **extra)
+        gates = self.row_gates[rows]
+        with self.mix.gated(gates):
+            return self._generate_batch(
+                batch, sampling, rows_context=lambda sub: self.mix.gated(gates[sub]), **extra
+            )
 
 
 class CustomizedSolver:

@@ -103,3 +103,27 @@ def test_solver_reloads_from_disk_with_identical_outputs_and_returns_gates(
         assert first.generate([p], sampling)[0].text == a[i].text
     g = first.gates(prompts)
     assert g.shape == (5, len(first.mix.modules), first.mix.width)
+
+
+def test_solver_chunked_prefill_keeps_each_rows_gates(tuned_run, reference_rows, monkeypatch):
+    """Prompts of different lengths prefilled in groups, each group under its own rows' gates:
+    the same texts as a whole-batch prefill and as each prompt alone."""
+    from bdc_ray.customize.solver import CustomizedSolver
+    from bdc_ray.llm import transformers_backend as tb
+
+    root, _, _ = tuned_run
+    short = [[{"role": "user", "content": q}] for q in ("Hi.", "Sort a list.", "Add two ints.")]
+    prompts = [r["messages"] for r in reference_rows[:3]] + short
+    sampling = Sampling(max_tokens=6, temperature=0.0)
+    solver = CustomizedSolver(root, max_batch_size=6)
+    used, real = [], tb.chunked_prefill
+    monkeypatch.setattr(
+        tb, "chunked_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1]
+    )
+    solver.backend.prefill_overhead = 0
+    grouped = solver.generate(prompts, sampling)
+    assert used and used[-1] is not None  # prefilled in groups
+    solver.backend.prefill_overhead = None
+    whole = solver.generate(prompts, sampling)
+    alone = [solver.generate([p], sampling)[0] for p in prompts]
+    assert [c.text for c in grouped] == [c.text for c in whole] == [c.text for c in alone]

@@ -104,3 +104,71 @@ def test_an_option_the_backend_does_not_take_is_named():
         ValueError, match="'gpu_memory_utilization' is not an option of the transformers backend"
     ):
         make_backend(cfg)
+
+
+def test_prefill_chunks_groups_rows_by_length():
+    from bdc_ray.llm.transformers_backend import prefill_chunks
+
+    lengths = [100] * 31 + [330]
+    groups = prefill_chunks(lengths, overhead=128)
+    assert sorted(i for g in groups for i in g) == list(range(32))  # every row once
+    assert [len(g) for g in groups] == [31, 1]  # the long outlier alone
+    assert prefill_chunks([50] * 8, overhead=128) == [list(range(8))]  # nothing to gain
+    mixed = [5, 300, 7, 290, 6, 310]
+    groups = prefill_chunks(mixed, overhead=0)
+    cost = sum(len(g) * max(mixed[i] for i in g) for g in groups)
+    assert cost == sum(mixed) and len(groups) >= 2  # no overhead: no padding at all
+
+
+def _spy_prefill(monkeypatch):
+    from bdc_ray.llm import transformers_backend as tb
+
+    used = []
+    real = tb.chunked_prefill
+
+    def spy(*args, **kwargs):
+        cache = real(*args, **kwargs)
+        used.append(cache is not None)
+        return cache
+
+    monkeypatch.setattr(tb, "chunked_prefill", spy)
+    return used
+
+
+def test_chunked_prefill_gives_the_whole_batch_cache(tiny_backend):
+    """The grouped prefill's cache continues each row exactly as a whole-batch prefill does."""
+    import torch
+
+    from bdc_ray.llm.transformers_backend import cache_kwarg, chunked_prefill
+
+    tok, model = tiny_backend.tokenizer, tiny_backend.model
+    batch = [tok(p)["input_ids"] for p in PROMPTS]
+    padded = tok.pad({"input_ids": batch}, return_tensors="pt", padding=True)
+    ids, mask = padded["input_ids"], padded["attention_mask"]
+    pos = mask.long().cumsum(-1) - 1
+    pos.masked_fill_(mask == 0, 1)
+    with torch.inference_mode():
+        whole = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        cache = chunked_prefill(model, ids, mask, [len(b) for b in batch], overhead=0)
+        assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
+        last = model(
+            input_ids=ids[:, -1:],
+            attention_mask=mask,
+            position_ids=pos[:, -1:],
+            **{cache_kwarg(model): cache},
+            cache_position=torch.tensor([ids.shape[1] - 1]),
+        ).logits[:, -1]
+    torch.testing.assert_close(last, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_greedy_with_chunked_prefill_equals_one_by_one(tiny_backend, monkeypatch):
+    used = _spy_prefill(monkeypatch)
+    monkeypatch.setattr(tiny_backend, "prefill_overhead", 0)  # group even these short prompts
+    sp = Sampling(max_tokens=24)
+    batched = tiny_backend.generate(PROMPTS, sp)
+    assert used and all(used)  # the batch was prefilled in groups
+    monkeypatch.setattr(tiny_backend, "prefill_overhead", None)
+    whole = tiny_backend.generate(PROMPTS, sp)
+    single = [tiny_backend.generate([p], sp)[0] for p in PROMPTS]
+    assert [c.text for c in batched] == [c.text for c in whole] == [c.text for c in single]
+    assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in single]
