@@ -23,7 +23,6 @@ import _signal
 import _thread
 import builtins
 import gc
-import itertools
 import json.encoder
 import operator
 import os
@@ -117,7 +116,6 @@ _gc_enable, _gc_disable = gc.enable, gc.disable
 _modules = sys.modules  # the interpreter's own dict, even if a program rebinds sys.modules
 _is = operator.is_
 _PathLike = os.PathLike
-_repeat = itertools.repeat
 _json_str = json.encoder.encode_basestring_ascii
 _ModuleType = types.ModuleType
 _MODULE_DICT = types.ModuleType.__dict__["__dict__"]
@@ -359,14 +357,18 @@ def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, ...]]:
 
 
 def _unchanged(entry: tuple[Any, ...]) -> bool:
-    """Whether a module is still exactly as snapshotted: same type, same names bound to the
-    same objects. Compared by identity, in C (map/operator.is_): no `==` of a program's
-    object runs here."""
+    """Whether a module is still as snapshotted: same type, as many names, bound in the same
+    order to the same objects. Compared by identity, in C (map/operator.is_): no `==` of a
+    program's object runs here. The names themselves are not read: in a run every object read
+    is written (its reference count), and the key strings of builtins alone lie on ~100 pages
+    the run would otherwise copy; rebinding, adding or removing a name changes the values'
+    order or count (a name renamed in place, same position and object, is not seen: it can
+    only make a missing name resolve, never change what an existing one means)."""
     mod, cls, keys, values = entry
     if type(mod) is not cls:
         return False
     d = _MODULE_DICT.__get__(mod)
-    return len(d) == len(keys) and all(map(_is, map(d.get, keys, _repeat(_MISSING)), values))
+    return len(d) == len(values) and all(map(_is, d.values(), values))
 
 
 def _restore_modules(snap: dict[str, tuple[Any, ...]]) -> None:
