@@ -225,6 +225,11 @@ def presnapshot(names: list[str]) -> None:
 
 
 def _install_guard(tmpdir: str, state: dict) -> None:
+    sys.addaudithook(_guard(tmpdir, state))
+
+
+def _guard(tmpdir: str, state: dict) -> Any:
+    """The audit hook of a run in `tmpdir` (armed while `state["armed"]`)."""
     root = _realpath(tmpdir) + _SEP
 
     def inside(path: Any) -> bool:
@@ -268,7 +273,7 @@ def _install_guard(tmpdir: str, state: dict) -> None:
                 if isinstance(a, str | bytes | _PathLike) and not inside(a):
                     raise PermissionError(f"sandbox: {event} outside the run directory")
 
-    sys.addaudithook(hook)
+    return hook
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -339,14 +344,14 @@ def _snapshot_modules(names: list[str]) -> dict[str, tuple[Any, ...]]:
     """The modules the tests and helpers use, and builtins (for library code they call): a
     program that patches `math.isclose` or `builtins.abs` to fake a pass has its change undone.
     An entry is immutable: (module, its type, keys, values), tuples all."""
-    import importlib
-
     snap = {}
     for name in ["builtins", *names]:
         cached = _SNAPSHOTS.get(name)
         if cached is not None and _modules.get(name) is cached[0] and _unchanged(cached):
             snap[name] = cached
             continue
+        import importlib
+
         try:
             mod = importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a test importing a missing module fails by itself

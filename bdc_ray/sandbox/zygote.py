@@ -32,6 +32,10 @@ CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
+_RESET_SIGNALS = tuple(
+    int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)
+)
+_SIGXFSZ = int(signal.SIGXFSZ)
 TEMPLATE_NAME = b"bdc-sandbox"
 RUN_NAME = b"bdc-sandbox-run"
 
@@ -97,16 +101,14 @@ def _sweep(uid: int) -> None:
 
 def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, prepared: tuple) -> None:
     """In the forked child: isolate, then hand over to the harness. Never returns."""
-    from bdc_ray.sandbox import child as harness
-
-    stdio, run_function, run_stdio = prepared
+    stdio, harness, run_function, run_stdio = prepared
     # Every page this process writes that it shares with the template is copied first (~700
     # copies made up most of a run's cost): what can be done once is done in the template
     # (name, no-new-privs, stdio objects), and the rest uses the cheapest call that does it.
+    # (nor is the control socket closed here: closerange below closes its descriptor)
     try:
-        sock.close()
         os.setsid()
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        for s in _RESET_SIGNALS:
             _signal.signal(s, _signal.SIG_DFL)  # not signal.signal: it builds enums
         tmpdir = req["tmpdir"]
         os.chdir(tmpdir)
@@ -132,7 +134,7 @@ def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, prepared: tupl
         os.closerange(keep[1] + 1, 1 << 16)
         sys.stdin, sys.stdout, sys.stderr = stdio  # made in the template, over fds 0-2
         harness.point_home(tmpdir)
-        _signal.signal(signal.SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
+        _signal.signal(_SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if req["kind"] == "function":
             run_function(req, vfd)
             # what the program printed reaches its files (os._exit below flushes nothing); our
@@ -181,7 +183,7 @@ def serve(sock: socket.socket, isolation: dict) -> None:
     )
     # the harness bound to private globals; held only here (and so, in a run, only by frames,
     # which a program may not read)
-    prepared = (stdio, *harness.seal())
+    prepared = (stdio, harness, *harness.seal())
     _prctl_name(TEMPLATE_NAME)
 
     rfd, wfd = os.pipe()
