@@ -435,6 +435,20 @@ HOSTILE = [
 # forging by patching: the harness's own code, the standard library it calls, and what a test
 # reads after the candidate ran (the test below reads `math.isclose` and `abs` only after the
 # call, so a patch made during the call would be seen without the harness's defences)
+# once the guard is blinded: walk up to the harness's frame and write a pass for every nonce
+FORGE_FROM_FRAMES = """
+import sys
+def forge_from_frames():
+    f = sys._getframe(2)
+    while f is not None:
+        loc = f.f_locals
+        if "nonces" in loc and "vfd" in loc:
+            import os
+            for n in loc["nonces"]:
+                os.write(loc["vfd"], (n + " passed {}\\n").encode())
+        f = f.f_back
+    return 0
+"""
 LIAR = """
 class Liar:
     def __eq__(self, other): return True
@@ -470,7 +484,8 @@ HOSTILE += [
     ),
     (
         "imports the harness and empties its blocklists",
-        prog("""
+        prog(FORGE_FROM_FRAMES)
+        + prog("""
         import sys
         def add(a, b):
             for name, m in list(sys.modules.items()):
@@ -482,15 +497,7 @@ HOSTILE += [
                             except AttributeError: pass
                             setattr(m, attr, frozenset())
                     if hasattr(m, "_BLOCKED_PREFIXES"): m._BLOCKED_PREFIXES = ("\\0",)
-            f = sys._getframe(1)
-            while f is not None:
-                loc = f.f_locals
-                if "nonces" in loc and "vfd" in loc:
-                    import os
-                    for n in loc["nonces"]:
-                        os.write(loc["vfd"], (n + " passed {}\\n").encode())
-                f = f.f_back
-            return 0
+            return forge_from_frames()
         """),
         {"failed", "error"},
     ),
@@ -592,7 +599,8 @@ HOSTILE += [
     ),
     (
         "reaches the harness through the alarm handler",
-        prog("""
+        prog(FORGE_FROM_FRAMES)
+        + prog("""
         import signal, sys
         def add(a, b):
             h = signal.getsignal(signal.SIGALRM)
@@ -600,15 +608,7 @@ HOSTILE += [
             for k in ("_BLOCKED", "_BLOCKED_MODULES"):
                 if k in g: g[k] = frozenset()
             if "_BLOCKED_PREFIXES" in g: g["_BLOCKED_PREFIXES"] = ("\\0",)
-            f = sys._getframe(1)
-            while f is not None:
-                loc = f.f_locals
-                if "nonces" in loc and "vfd" in loc:
-                    import os
-                    for n in loc["nonces"]:
-                        os.write(loc["vfd"], (n + " passed {}\\n").encode())
-                f = f.f_back
-            return 0
+            return forge_from_frames()
         """),
         {"failed", "error"},
     ),
