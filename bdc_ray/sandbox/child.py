@@ -117,7 +117,6 @@ _modules = sys.modules  # the interpreter's own dict, even if a program rebinds 
 _is = operator.is_
 _PathLike = os.PathLike
 _json_str = json.encoder.encode_basestring_ascii
-_ModuleType = types.ModuleType
 _MODULE_DICT = types.ModuleType.__dict__["__dict__"]
 _set_attr = object.__setattr__
 _SEALED = False  # True in the private copy of these globals that seal() makes
@@ -296,7 +295,6 @@ def _safe_repr(value: Any, limit: int = 300) -> str:
 
 
 _ALL_SIGNALS = _signal.valid_signals()
-_MISSING = object()
 _TYPE_NAME = type.__dict__["__name__"]
 _EXC_ARGS = BaseException.__dict__["args"]
 _EXC_TB = BaseException.__dict__["__traceback__"]

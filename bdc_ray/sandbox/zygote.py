@@ -99,13 +99,14 @@ def _sweep(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _child(req: dict, vfd: int, sock: socket.socket, live_w: int, prepared: tuple) -> None:
-    """In the forked child: isolate, then hand over to the harness. Never returns."""
+def _child(req: dict, vfd: int, live_w: int, prepared: tuple) -> None:
+    """In the forked child: isolate, then hand over to the harness. Never returns.
+
+    Every page this process writes that it shares with the template is copied first (page
+    copies are most of a run's cost): what can be done once is done in the template (name,
+    no-new-privs, stdio objects, the harness's import), the rest uses the cheapest call that
+    does it (the control socket's descriptor goes with closerange, not socket.close)."""
     stdio, harness, run_function, run_stdio = prepared
-    # Every page this process writes that it shares with the template is copied first (~700
-    # copies made up most of a run's cost): what can be done once is done in the template
-    # (name, no-new-privs, stdio objects), and the rest uses the cheapest call that does it.
-    # (nor is the control socket closed here: closerange below closes its descriptor)
     try:
         os.setsid()
         for s in _RESET_SIGNALS:
@@ -230,7 +231,7 @@ def serve(sock: socket.socket, isolation: dict) -> None:
                     signal.set_wakeup_fd(-1)
                     for fd in (rfd, wfd, live_r):
                         os.close(fd)
-                    _child(msg, fds[0], sock, live_w, prepared)
+                    _child(msg, fds[0], live_w, prepared)
                 _prctl_name(TEMPLATE_NAME)
                 os.close(live_w)
                 for fd in fds:
