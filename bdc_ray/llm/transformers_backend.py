@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ def chunked_prefill(
             continue
         idx = torch.tensor(group, device=input_ids.device)
         part = DynamicCache(config=model.config)
-        ctx = rows_context(group) if rows_context is not None else _nothing()
+        ctx = rows_context(group) if rows_context is not None else nullcontext()
         with ctx:
             model(
                 input_ids=input_ids[idx, width - 1 - cols : width - 1],
@@ -292,14 +293,6 @@ def cache_kwarg(model: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class RowBudget(StoppingCriteria):
