@@ -1,6 +1,7 @@
 """Per-request mixtures of LoRA experts: our batched gated mixture vs peft's routes.
 
     python benchmarks/mixture.py [--model smollm2-135m-instruct] [--tokens 64] [--experts 3]
+    python benchmarks/mixture.py --arch DIR --dtype bfloat16   # e.g. on a GPU, random weights
 
 16 HumanEval prompts, batch 16, each request with its own weights over K experts (rank 8 on
 q_proj/v_proj; random weights: speed does not depend on training), greedy with a fixed number
@@ -56,10 +57,23 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--arch", type=Path, help="folder with config.json + tokenizer: random weights")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--routes",
+        nargs="+",
+        default=["base", "mixture", "merge", "mixed_batch"],
+        help="a subset of the routes (base and mixture always run)",
+    )
     args = ap.parse_args()
 
-    base = str(resolve_model(args.model))
     tmp = Path(tempfile.mkdtemp(prefix="bench-mixture-"))
+    if args.arch:  # the embedded weights cannot travel to a GPU machine; speed does not need them
+        from generate import _random_copy
+
+        base = str(_random_copy(args.arch, tmp / "model"))
+    else:
+        base = str(resolve_model(args.model))
     experts = make_experts(base, args.experts, tmp)
     names = list(experts)
     prompts = [direct_messages(p) for p in load_humaneval()[: args.batch]]
@@ -69,24 +83,26 @@ def main() -> None:
     weights = weights.to(torch.float32)  # per request: its weights over the K experts
 
     # (a) and (b): the same backend class; (b) with the mixture injected
-    plain = TransformersBackend(base, dtype="float32", max_batch_size=args.batch)
-    gated = _GatedBackend(base, dtype="float32", max_batch_size=args.batch)
+    plain = TransformersBackend(base, dtype=args.dtype, max_batch_size=args.batch)
+    gated = _GatedBackend(base, dtype=args.dtype, max_batch_size=args.batch)
     gated.mix = inject_mixture(gated.model, experts, base)
     mix = gated.mix
     gates = weights.repeat_interleave(mix.r, dim=1)[:, None, :].expand(-1, len(mix.modules), -1)
-    gated.row_gates = gates.contiguous()
+    gated.row_gates = gates.contiguous().to(gated.device)
 
     # (c) and (d): peft with the K experts loaded
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    peft_backend = TransformersBackend(base, dtype=args.dtype, max_batch_size=args.batch)
     pm = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(base), str(experts[names[0]]), adapter_name=names[0]
+        AutoModelForCausalLM.from_pretrained(base, dtype=peft_backend.model.dtype),
+        str(experts[names[0]]),
+        adapter_name=names[0],
     )
     for n in names[1:]:
         pm.load_adapter(str(experts[n]), adapter_name=n)
-    pm.eval()
-    peft_backend = TransformersBackend(base, dtype="float32", max_batch_size=args.batch)
+    pm.to(peft_backend.device).eval()
     peft_backend.model = pm
 
     def build(i: int) -> str:
@@ -124,6 +140,7 @@ def main() -> None:
             del peft_backend._generate_rows
 
     ways = {"base": run_a, "mixture": run_b, "merge": run_c, "mixed_batch": run_d}
+    ways = {k: f for k, f in ways.items() if k in {"base", "mixture", *args.routes}}
     times: dict[str, list[float]] = {k: [] for k in ways}
     texts: dict[str, list[str]] = {}
     for _ in range(args.repeats):
@@ -133,32 +150,33 @@ def main() -> None:
             times[name].append(tokens(out) / (time.perf_counter() - t0))
             texts[name] = [c.text for c in out]
     tps = {k: statistics.median(v) for k, v in times.items()}
-    agree_merge = sum(a == b for a, b in zip(texts["mixture"], texts["merge"], strict=True))
-    agree_mixed = sum(a == b for a, b in zip(texts["mixture"], texts["mixed_batch"], strict=True))
+    agree = {  # rows whose greedy text equals the mixture's
+        k: sum(a == b for a, b in zip(texts["mixture"], texts[k], strict=True))
+        for k in ("merge", "mixed_batch")
+        if k in texts
+    }
     print(f"{'route':<12} tokens/s")
     for k, v in tps.items():
         print(f"{k:<12} {v:8.1f}")
     print(
-        f"greedy texts equal to ours: merge route {agree_merge}/{args.batch}, "
-        f"mixed batch {agree_mixed}/{args.batch}"
+        "greedy texts equal to ours: "
+        + ", ".join(f"{k} {n}/{args.batch}" for k, n in agree.items())
     )
+    speedups = {f"speedup_vs_{k}": round(tps["mixture"] / tps[k], 2) for k in agree}
     print(
         json.dumps(
             {
                 "bench": "mixture",
-                "model": args.model,
+                "model": str(args.arch or args.model),
+                "device": torch.cuda.get_device_name(0) if gated.device.type == "cuda" else "cpu",
+                "dtype": str(gated.model.dtype).removeprefix("torch."),
                 "batch": args.batch,
                 "experts": args.experts,
                 "new_tokens": args.tokens,
-                "base_tokens_per_s": round(tps["base"], 1),
-                "mixture_tokens_per_s": round(tps["mixture"], 1),
-                "merge_tokens_per_s": round(tps["merge"], 1),
-                "mixed_batch_tokens_per_s": round(tps["mixed_batch"], 1),
+                **{f"{k}_tokens_per_s": round(v, 1) for k, v in tps.items()},
                 "ratio_vs_base": round(tps["mixture"] / tps["base"], 3),
-                "speedup_vs_merge": round(tps["mixture"] / tps["merge"], 2),
-                "speedup_vs_mixed_batch": round(tps["mixture"] / tps["mixed_batch"], 2),
-                "texts_equal_merge": agree_merge,
-                "texts_equal_mixed_batch": agree_mixed,
+                **speedups,
+                **{f"texts_equal_{k}": n for k, n in agree.items()},
             }
         )
     )
