@@ -141,6 +141,8 @@ def main() -> None:
 
     ways = {"base": run_a, "mixture": run_b, "merge": run_c, "mixed_batch": run_d}
     ways = {k: f for k, f in ways.items() if k in {"base", "mixture", *args.routes}}
+    warm = Sampling(max_tokens=4, temperature=0.0, ignore_eos=True)
+    plain.generate(prompts, warm), gated.generate(prompts, warm)  # CUDA/BLAS set-up, untimed
     times: dict[str, list[float]] = {k: [] for k in ways}
     texts: dict[str, list[str]] = {}
     for _ in range(args.repeats):

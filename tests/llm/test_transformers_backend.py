@@ -144,7 +144,8 @@ def test_chunked_prefill_gives_the_whole_batch_cache(tiny_backend):
     tok, model = tiny_backend.tokenizer, tiny_backend.model
     batch = [tok(p)["input_ids"] for p in PROMPTS]
     padded = tok.pad({"input_ids": batch}, return_tensors="pt", padding=True)
-    ids, mask = padded["input_ids"], padded["attention_mask"]
+    dev = tiny_backend.device  # CUDA in the GPU check
+    ids, mask = padded["input_ids"].to(dev), padded["attention_mask"].to(dev)
     pos = mask.long().cumsum(-1) - 1
     pos.masked_fill_(mask == 0, 1)
     with torch.inference_mode():
@@ -156,9 +157,13 @@ def test_chunked_prefill_gives_the_whole_batch_cache(tiny_backend):
             attention_mask=mask,
             position_ids=pos[:, -1:],
             **{cache_kwarg(model): cache},
-            cache_position=torch.tensor([ids.shape[1] - 1]),
+            cache_position=torch.tensor([ids.shape[1] - 1], device=dev),
         ).logits[:, -1]
-    torch.testing.assert_close(last, whole, atol=1e-4, rtol=1e-4)
+    if whole.dtype == torch.float32:
+        torch.testing.assert_close(last, whole, atol=1e-4, rtol=1e-4)
+    else:  # bfloat16 (GPU check): other kernel shapes round differently; same next token
+        assert torch.equal(last.argmax(-1), whole.argmax(-1))
+        assert float((last - whole).abs().max()) <= 0.05 * float(whole.abs().max())
 
 
 def test_batched_greedy_with_chunked_prefill_equals_one_by_one(tiny_backend, monkeypatch):
