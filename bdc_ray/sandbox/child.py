@@ -177,43 +177,33 @@ def point_home(tmpdir: str) -> None:
     os.environ["TMPDIR"] = tmpdir
 
 
-# compiled in the template before each fork (trusted sources only: prompt, preamble, tests;
-# never the program), once per template and source, so the runs of a problem share them
-_CODE_CACHE: dict[tuple[str, str], Any] = {}
-_CODE_CACHE_MAX = 50_000
-_CODE_SOURCE_MAX = 200_000
 # the template's own snapshot of builtins and the modules it preloaded (see _snapshot_modules)
 _SNAPSHOTS: dict[str, tuple[Any, ...]] = {}
 
 
-def _trusted_sources(req: dict[str, Any]) -> list[tuple[str, str]]:
-    sources = [(req.get("preamble") or "", "<test>")]
-    if req.get("prompt"):
-        sources.append((req["prompt"], "<prompt>"))
-    for t in req["tests"]:
-        sources.append(("\n".join(t.get("setup", [])) or "pass", "<test>"))
-        sources.append((t["code"], "<test>"))
-    return sources
+def prepare_sources(src: dict[str, Any]) -> dict[str, Any]:
+    """In the template, once per problem's trusted sources (prompt, preamble, tests; never a
+    program): compiled here, inherited by every run of the problem through fork, so a run
+    neither receives nor compiles them. The supervisor names each entry by a key and sends
+    the sources only with the key's first run (see Sandbox._launch). A test that does not
+    compile keeps its error, reported as that test's."""
 
+    def code(source: str, name: str) -> Any:
+        try:
+            return compile(source, name, "exec")
+        except Exception as e:  # noqa: BLE001 - SyntaxError, ValueError (NUL bytes), ...
+            return f"the test does not compile: {type(e).__name__}: {e}"
 
-def precompile(req: dict[str, Any]) -> None:
-    """In the template, before forking a function run: compile its trusted sources unless
-    already cached. A source that does not compile is left to the run, which reports it."""
-    if req.get("kind") != "function":
-        return
-    if len(_CODE_CACHE) > _CODE_CACHE_MAX:
-        _CODE_CACHE.clear()
-    for key in _trusted_sources(req):
-        if key not in _CODE_CACHE and len(key[0]) <= _CODE_SOURCE_MAX:
-            try:
-                _CODE_CACHE[key] = compile(key[0], key[1], "exec")
-            except Exception:  # noqa: BLE001 - the run compiles it again and fails there
-                pass
-
-
-def _compile(source: str, name: str) -> Any:
-    code = _CODE_CACHE.get((source, name))
-    return code if code is not None else compile(source, name, "exec")
+    prompt = src.get("prompt") or ""
+    return {
+        "prompt": code(prompt, "<prompt>") if prompt else None,
+        "preamble": code(src.get("preamble") or "", "<test>"),
+        "tests": tuple(
+            (code("\n".join(t.get("setup", ())) or "pass", "<test>"), code(t["code"], "<test>"))
+            for t in src["tests"]
+        ),
+        "test_modules": tuple(src.get("test_modules", ())),
+    }
 
 
 def presnapshot(names: list[str]) -> None:
@@ -439,7 +429,9 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     if not _SEALED:
         return seal()[0](req, vfd)
     nonces = req.pop("nonces")
-    tests = req["tests"]
+    src = req["src"]  # the problem's compiled trusted sources (prepare_sources)
+    if src is None or len(src["tests"]) != len(nonces):
+        raise RuntimeError("the template holds no compiled tests for this run")
     per_test = float(req["limits"]["test_timeout_s"])
     state = {"armed": False, "formatting": False}
 
@@ -450,19 +442,16 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     # trusted helpers from the prompt (HumanEval tests may call them, e.g. `poly`): the program
     # may redefine them, the tests still get the prompt's own, with the private builtins
     helpers: dict[str, Any] = {"__name__": "__helpers__", "__builtins__": _TEST_BUILTINS}
-    if req.get("prompt"):
+    if src["prompt"] is not None:
         try:
-            exec(_compile(req["prompt"], "<prompt>"), helpers)
+            exec(src["prompt"], helpers)
         except BaseException:  # noqa: BLE001 - a prompt that does not run gives no helpers
             helpers = {}
         helpers.pop(req["entry_point"], None)
     helpers = {k: v for k, v in helpers.items() if not k.startswith("__")}
-    preamble = _compile(req.get("preamble") or "", "<test>")
-    compiled = [
-        (_compile("\n".join(t.get("setup", [])) or "pass", "<test>"), _compile(t["code"], "<test>"))
-        for t in tests
-    ]
-    snap = _snapshot_modules(req.get("test_modules", []))
+    preamble = src["preamble"]
+    compiled = src["tests"]
+    snap = _snapshot_modules(src["test_modules"])
 
     _set_handler(_SIGALRM, _on_alarm)
     _install_guard(req["tmpdir"], state)
@@ -489,8 +478,10 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
     candidate = program_ns.get(req["entry_point"])
     if load_error is None and not callable(candidate):
         load_error = ("error", {"error": f"the program defines no function {req['entry_point']}"})
+    if load_error is None and type(preamble) is str:
+        load_error = ("error", {"error": preamble})
     if load_error is not None:
-        for i in range(len(tests)):
+        for i in range(len(compiled)):
             emit(i, *load_error)
         return
     last = {"value": None, "set": False}
@@ -518,6 +509,9 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
         return value
 
     for i, (setup, code) in enumerate(compiled):
+        if type(setup) is str or type(code) is str:
+            emit(i, "error", {"error": setup if type(setup) is str else code})
+            continue
         ns = dict(program_ns)
         ns.update(helpers)
         ns["candidate"] = guarded

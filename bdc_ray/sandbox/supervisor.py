@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 Status = Literal["passed", "failed", "error", "timeout", "memory", "killed"]
 _SEVERITY = ["killed", "timeout", "memory", "error", "failed"]
 _BASE_UID = 62000  # slot uids: 62000, 62001, ... (no passwd entry needed)
+_SOURCES_MAX = 4096  # problems whose compiled tests the template keeps
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,24 @@ def _test_modules(codes: tuple[str, ...], prompt: str = "") -> list[str]:
     return sorted(names)
 
 
+@functools.lru_cache(maxsize=_SOURCES_MAX)
+def _sources(
+    preamble: str, prompt: str, tests: tuple[tuple[str, tuple[str, ...]], ...]
+) -> tuple[str, dict[str, Any]]:
+    """A problem's trusted sources as the template compiles them, and their key (a digest:
+    equal sources share one compiled entry, whatever Problem object they came from)."""
+    payload = {
+        "prompt": prompt,
+        "preamble": preamble,
+        "tests": [{"code": code, "setup": list(setup)} for code, setup in tests],
+        "test_modules": _test_modules(
+            (preamble, *(c for c, _ in tests), *(x for _, s in tests for x in s)), prompt
+        ),
+    }
+    digest = hashlib.blake2b(json.dumps(payload).encode(), digest_size=16).hexdigest()
+    return digest, payload
+
+
 def _exit_info(status: int | None) -> dict[str, Any]:
     if status is None:
         return {"known": False}
@@ -159,6 +180,9 @@ class Sandbox:
             self._slots.put(i)
         self._send_lock = threading.Lock()
         self._start_lock = threading.Lock()
+        # keys of the sources the running template holds, least recently used first
+        self._defined: OrderedDict[str, None] = OrderedDict()
+        self._limits_of: tuple[Limits, dict[str, Any]] | None = None
         self._waiters: dict[str, list] = {}
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -209,7 +233,8 @@ class Sandbox:
         parent.settimeout(60)
         ready, _ = recv_msg(parent)
         parent.settimeout(None)
-        self._sock = parent
+        with self._send_lock:  # a new template holds no sources yet
+            self._sock, self._defined = parent, OrderedDict()
         iso = dict(ready["isolation"])
         iso.update(
             fresh_process_per_program="fork of a warm template",
@@ -280,8 +305,16 @@ class Sandbox:
         self.close()
 
     # ------------------------------------------------------------------ one run
-    def _launch(self, req: dict, slot: int, tmpdir: Path, deadline_s: float) -> tuple[bytes, dict]:
-        """Start one run and collect its verdict stream until EOF or the deadline."""
+    def _launch(
+        self,
+        req: dict,
+        slot: int,
+        tmpdir: Path,
+        deadline_s: float,
+        sources: tuple[str, dict[str, Any]] | None = None,
+    ) -> tuple[bytes, dict]:
+        """Start one run and collect its verdict stream until EOF or the deadline. `sources`
+        (key, payload): the tests of a function run, sent only if the template lacks them."""
         self._ensure()
         rid = secrets.token_hex(8)
         req.update(op="run", id=rid, tmpdir=str(tmpdir))
@@ -290,6 +323,16 @@ class Sandbox:
         r, w = os.pipe()
         try:
             with self._send_lock:
+                if sources is not None:
+                    key, payload = sources
+                    req["sources"] = key
+                    if key in self._defined:
+                        self._defined.move_to_end(key)
+                    else:
+                        self._defined[key] = None
+                        req["define"] = payload
+                        if len(self._defined) > _SOURCES_MAX:
+                            req["forget"] = [self._defined.popitem(last=False)[0]]
                 send_msg(self._sock, req, [w])
         except OSError:
             os.close(r)
@@ -354,17 +397,23 @@ class Sandbox:
         self._slots.put(slot)
 
     def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
-        lim = asdict(self.limits)
-        lim["cpu_s"] = int(timeout) + 1
-        lim["uid"] = uid
-        return lim
+        if self._limits_of is None or self._limits_of[0] is not self.limits:
+            self._limits_of = (self.limits, asdict(self.limits))  # asdict is slow: once
+        return {**self._limits_of[1], "cpu_s": int(timeout) + 1, "uid": uid}
 
     def _read(self, path: Path) -> str:
+        """The start of a run's output file. Not through a link the program may have put in
+        its place, and without blocking on a FIFO."""
         try:
-            with open(path, "rb") as fh:
-                return fh.read(self.limits.output_chars).decode("utf-8", "replace")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return ""
+        try:
+            return os.read(fd, self.limits.output_chars).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ public API
     def check(
@@ -415,17 +464,11 @@ class Sandbox:
                 "kind": "function",
                 "program": program,
                 "entry_point": entry_point,
-                "prompt": prompt,
-                "preamble": preamble,
-                "tests": [{"code": t.code, "setup": list(t.setup)} for t in tests],
-                "test_modules": _test_modules(
-                    (preamble, *(t.code for t in tests), *(s for t in tests for s in t.setup)),
-                    prompt,
-                ),
                 "nonces": nonces,
                 "limits": self._limits(uid, deadline),
             }
-            data, info = self._launch(req, slot, tmpdir, deadline + 1.0)
+            src = _sources(preamble, prompt, tuple((t.code, tuple(t.setup)) for t in tests))
+            data, info = self._launch(req, slot, tmpdir, deadline + 1.0, src)
             stdout, stderr = self._read(tmpdir / "stdout"), self._read(tmpdir / "stderr")
         finally:
             self._release(slot, tmpdir)

@@ -8,6 +8,8 @@ use, so a run costs a fork, not an interpreter start.
 Protocol on the control socket (length-prefixed JSON; a run also carries the verdict pipe's
 write end as SCM_RIGHTS):
   supervisor -> {"op": "run", "id", ...request}   {"op": "kill", "id"}
+  (a function run names its problem's tests by "sources", a key; its first run with a key
+  also carries them, "define", compiled here once; "forget" drops keys the supervisor evicted)
   zygote     -> {"ready": ..., "isolation": {...}} once, then {"id", "status"} per finished run
 After a run ends, every process of its uid is killed (a forked sweeper drops to that uid and
 sends SIGKILL to all it may signal), so a program's background children do not outlive it.
@@ -193,6 +195,9 @@ def serve(sock: socket.socket, isolation: dict) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     running: dict[int, dict] = {}  # pid -> {"id", "uid"}
     by_id: dict[str, int] = {}
+    # the problems' compiled tests by the supervisor's key: it defines a key with its first
+    # run and forgets keys it evicts from its own bounded table, so both always agree
+    sources: dict[str, dict] = {}
     send_msg(sock, {"ready": True, "pid": os.getpid(), "isolation": isolation})
     while True:
         readable, _, _ = select.select([sock, rfd], [], [])
@@ -223,7 +228,12 @@ def serve(sock: socket.socket, isolation: dict) -> None:
             except (EOFError, ConnectionError):
                 return  # the supervisor is gone: so are we, and with us the namespace
             if msg["op"] == "run":
-                harness.precompile(msg)
+                if msg["kind"] == "function":
+                    for key in msg.pop("forget", ()):
+                        sources.pop(key, None)
+                    if "define" in msg:
+                        sources[msg["sources"]] = harness.prepare_sources(msg.pop("define"))
+                    msg["src"] = sources.get(msg["sources"])
                 live_r, live_w = os.pipe()
                 _prctl_name(RUN_NAME)  # the run inherits it: what ps and top show
                 pid = os.fork()

@@ -732,6 +732,26 @@ def test_stdio_hostile(sandbox, program, status):
     assert _sandbox_processes() == []
 
 
+def test_fifos_in_place_of_the_output_files_do_not_hang_the_sandbox(sandbox):
+    """The supervisor reads a run's stdout/stderr files after it ended: a program that put
+    FIFOs there once blocked that read (and its slot) forever."""
+    import threading
+
+    swap = "import os\nfor name in ('stdout', 'stderr'):\n    os.remove(name); os.mkfifo(name)\n"
+    runs = [
+        lambda: sandbox.check_function(swap + "def add(a, b):\n    return 0\n", "add", ADD.tests),
+        lambda: sandbox.check(swap + "print(4)\n", STDIO, tests=STDIO.tests[:1]),
+    ]
+    for run in runs:
+        out = []
+        t = threading.Thread(target=lambda run=run, out=out: out.append(run()), daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the sandbox blocked on a FIFO"
+        assert out[0].status == "failed" and out[0].stdout == "", out[0].feedback()
+    assert sandbox.check(GOOD, ADD).passed
+
+
 def test_isolation_is_reported(sandbox):
     iso = sandbox.isolation
     for key in ("net_namespace", "pid_namespace", "privilege_drop", "audit_hook", "rlimits"):

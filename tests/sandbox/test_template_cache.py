@@ -3,60 +3,99 @@
 Both live in the template (the parent of every run) and are inherited through fork; these
 tests check what they hold and that a stale or broken entry never changes a verdict."""
 
+import json
+import os
+import signal
 import sys
 import types
 
 from bdc_ray.data import TestCase
-from bdc_ray.sandbox import child
+from bdc_ray.sandbox import Sandbox, child
 
 
-def _req(tests, prompt="def helper():\n    return 1\n", program="def f(x):\n    return x\n"):
-    return {
-        "kind": "function",
-        "program": program,
-        "prompt": prompt,
-        "preamble": "import math",
-        "tests": [{"code": t, "setup": []} for t in tests],
-    }
+def test_prepare_sources_compiles_the_trusted_sources_and_keeps_each_tests_error():
+    entry = child.prepare_sources(
+        {
+            "prompt": "def helper():\n    return 1\n",
+            "preamble": "import math",
+            "tests": [
+                {"code": "assert candidate(1) == 1", "setup": ["x = 1", "y = 2"]},
+                {"code": "assert candidate(1) ==", "setup": []},
+            ],
+            "test_modules": ["math"],
+        }
+    )
+    assert entry["prompt"].co_filename == "<prompt>" and entry["preamble"].co_filename == "<test>"
+    (setup, code), (_, broken) = entry["tests"]
+    assert isinstance(setup, types.CodeType) and isinstance(code, types.CodeType)
+    assert isinstance(broken, str) and "does not compile" in broken and "SyntaxError" in broken
+    assert entry["test_modules"] == ("math",)
+    assert child.prepare_sources({"tests": []})["prompt"] is None
 
 
-def test_precompile_caches_trusted_sources_and_never_the_program():
-    program = "def f(x):\n    return x + 12345\n"
-    req = _req(["assert candidate(1) == 1", "assert candidate(2) == 2"], program=program)
-    child._CODE_CACHE.clear()
-    child.precompile(req)
-    code = child._CODE_CACHE[("assert candidate(1) == 1", "<test>")]
-    assert child._compile("assert candidate(1) == 1", "<test>") is code
-    assert ("def helper():\n    return 1\n", "<prompt>") in child._CODE_CACHE
-    assert ("import math", "<test>") in child._CODE_CACHE
-    assert all(src != program for src, _ in child._CODE_CACHE)
-    child.precompile(req)  # a second run of the problem: the same code objects
-    assert child._CODE_CACHE[("assert candidate(1) == 1", "<test>")] is code
-    # stdin/stdout runs carry no trusted code to compile
-    child.precompile({"kind": "stdio", "program": program})
-    assert all(src != program for src, _ in child._CODE_CACHE)
+def _sent(monkeypatch):
+    """The messages the supervisor sends to the template."""
+    from bdc_ray.sandbox import supervisor
+
+    sent, real = [], supervisor.send_msg
+    monkeypatch.setattr(
+        supervisor,
+        "send_msg",
+        lambda sock, obj, fds=None: (sent.append(dict(obj)), real(sock, obj, fds)),
+    )
+    return sent
 
 
-def test_a_test_that_does_not_compile_is_left_to_the_run():
-    child._CODE_CACHE.clear()
-    child.precompile(_req(["assert candidate(1) ==", "assert candidate(2) == 2"]))
-    assert ("assert candidate(1) ==", "<test>") not in child._CODE_CACHE
-    assert ("assert candidate(2) == 2", "<test>") in child._CODE_CACHE
+def _tests(*codes):
+    return [TestCase("assert", code=c) for c in codes]
 
 
-def test_a_broken_test_in_the_sandbox_is_an_error_and_the_next_run_is_unaffected(sandbox):
+def test_a_problems_tests_travel_once_per_template_and_never_the_program(monkeypatch):
+    from bdc_ray.sandbox import supervisor
+
+    monkeypatch.setattr(supervisor, "_SOURCES_MAX", 2)  # the template keeps two problems
+    problems = [_tests(f"assert f({k}) == {k}", f"assert f(-{k}) == -{k}") for k in (1, 2, 3)]
+    program = "def f(x):\n    return x  # marker-1234\n"
+    with Sandbox(concurrency=1) as sb:
+        sent = _sent(monkeypatch)
+
+        def run(k, prog=program):
+            result = sb.check_function(prog, "f", problems[k], prompt="def g():\n    return 0\n")
+            return result, sent[-1]
+
+        (first, m1), (second, m2) = run(0), run(0)
+        assert first.passed and second.passed, first.feedback()
+        assert "define" in m1 and m2["sources"] == m1["sources"] and "define" not in m2
+        assert "marker-1234" not in json.dumps(m1["define"])  # only trusted sources are kept
+        wrong, m3 = run(0, "def f(x):\n    return 0\n")  # the cached tests judge a new program
+        assert [t.status for t in wrong.tests] == ["failed", "failed"] and "define" not in m3
+        (_, m4), (_, m5) = run(1), run(2)  # a third problem: the least recently used goes
+        assert "define" in m4 and m5["forget"] == [m1["sources"]]
+        again, m6 = run(0)  # forgotten: defined again, and still right
+        assert again.passed and "define" in m6 and m6["forget"] == [m4["sources"]]
+        # a new template holds nothing: the supervisor defines again after a restart
+        os.killpg(sb._proc.pid, signal.SIGKILL)
+        sb._proc.wait(10)
+        after, m7 = run(2)
+        assert after.passed and "define" in m7, after.feedback()
+
+
+def test_a_test_that_does_not_compile_is_that_tests_error_and_the_next_run_is_unaffected(
+    sandbox,
+):
     program = "def f(x):\n    return x\n"
-    bad = sandbox.check_function(program, "f", [TestCase("assert", code="assert f(1) ==")])
-    assert not bad.passed and bad.status == "error"
-    good = [
-        TestCase("assert", code="assert f(1) == 1"),
-        TestCase("assert", code="assert f(2) == 2"),
-    ]
-    for _ in range(2):  # the second run takes the compiled tests from the template's cache
+    bad = sandbox.check_function(program, "f", _tests("assert f(1) ==", "assert f(1) == 1"))
+    assert [t.status for t in bad.tests] == ["error", "passed"]
+    assert "does not compile: SyntaxError" in bad.tests[0].feedback
+    good = _tests("assert f(1) == 1", "assert f(2) == 2")
+    for _ in range(2):  # the second run takes the compiled tests from the template
         ok = sandbox.check_function(program, "f", good)
         assert ok.passed, ok.feedback()
     wrong = sandbox.check_function("def f(x):\n    return -x\n", "f", good)
     assert [t.status for t in wrong.tests] == ["failed", "failed"]
+    # a preamble that does not compile: every test is an error, none passes
+    pre = sandbox.check_function(program, "f", good, preamble="import (")
+    assert [t.status for t in pre.tests] == ["error", "error"], pre.feedback()
 
 
 def test_a_snapshot_is_reused_only_while_the_module_is_unchanged():
