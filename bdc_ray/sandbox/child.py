@@ -515,6 +515,7 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
         ns = dict(program_ns)
         ns.update(helpers)
         ns["candidate"] = guarded
+        ns[req["entry_point"]] = guarded  # tests that call it by its name get the guard too
         ns["__builtins__"] = _TEST_BUILTINS
         _restore_modules(snap)
         last["set"] = False

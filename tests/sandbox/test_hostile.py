@@ -732,6 +732,17 @@ def test_stdio_hostile(sandbox, program, status):
     assert _sandbox_processes() == []
 
 
+def test_a_test_that_calls_the_function_by_name_is_guarded_too(sandbox):
+    """MBPP-style asserts call the function by its name, not `candidate`: that call must go
+    through the same guard (an object whose __eq__ always answers True once passed here)."""
+    liar = "class Yes:\n    def __eq__(self, other):\n        return True\n"
+    tests = [TestCase("assert", code="assert add(1, 2) == 3")]
+    r = sandbox.check_function(liar + "def add(a, b):\n    return Yes()\n", "add", tests)
+    assert r.status == "error" and "only plain values" in r.tests[0].feedback, r.feedback()
+    recursive = "def add(a, b):\n    return a if b == 0 else add(a, b - 1) + 1\n"
+    assert sandbox.check_function(recursive, "add", tests).passed
+
+
 def test_fifos_in_place_of_the_output_files_do_not_hang_the_sandbox(sandbox):
     """The supervisor reads a run's stdout/stderr files after it ended: a program that put
     FIFOs there once blocked that read (and its slot) forever."""
