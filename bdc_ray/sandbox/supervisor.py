@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -171,9 +172,13 @@ class Sandbox:
         self.concurrency = concurrency or max(1, os.cpu_count() or 1)
         self.namespaces = namespaces
         self.drop = drop_privileges and os.geteuid() == 0
+        # resolved once: runs' folders lie under it, and a run's guard compares real paths
         self.root = Path(
-            tempfile.mkdtemp(prefix="bdc-sandbox-", dir=root_dir or self._default_root())
+            os.path.realpath(
+                tempfile.mkdtemp(prefix="bdc-sandbox-", dir=root_dir or self._default_root())
+            )
         )
+        self._run_numbers = itertools.count()
         os.chmod(self.root, 0o711)  # run uids may enter their own folder, not list others
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.concurrency):
@@ -309,7 +314,7 @@ class Sandbox:
         self,
         req: dict,
         slot: int,
-        tmpdir: Path,
+        tmpdir: str,
         deadline_s: float,
         sources: tuple[str, dict[str, Any]] | None = None,
     ) -> tuple[bytes, dict]:
@@ -317,7 +322,7 @@ class Sandbox:
         (key, payload): the tests of a function run, sent only if the template lacks them."""
         self._ensure()
         rid = secrets.token_hex(8)
-        req.update(op="run", id=rid, tmpdir=str(tmpdir))
+        req.update(op="run", id=rid, tmpdir=tmpdir)
         waiter = [threading.Event(), None]
         self._waiters[rid] = waiter
         r, w = os.pipe()
@@ -384,16 +389,24 @@ class Sandbox:
         info["timed_out"] = timed_out
         return bytes(data), info
 
-    def _slot(self) -> tuple[int, Path, int | None]:
+    def _slot(self) -> tuple[int, str, int | None]:
+        """A free slot and a new folder for its run. Named by a counter: only this process
+        creates entries in the root (mode 711, so runs cannot list it either)."""
         slot = self._slots.get()
         uid = _BASE_UID + slot if self.drop else None
-        tmpdir = Path(tempfile.mkdtemp(prefix=f"run{slot}-", dir=self.root))
+        tmpdir = f"{self.root}/run{slot}-{next(self._run_numbers)}"
+        os.mkdir(tmpdir, 0o700)
         if uid is not None:
             os.chown(tmpdir, uid, uid)
         return slot, tmpdir, uid
 
-    def _release(self, slot: int, tmpdir: Path) -> None:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    def _release(self, slot: int, tmpdir: str) -> None:
+        try:  # the usual case: a few files (stdout, stderr, stdin)
+            for name in os.listdir(tmpdir):
+                os.unlink(f"{tmpdir}/{name}")
+            os.rmdir(tmpdir)
+        except OSError:  # folders, or anything else the program left
+            shutil.rmtree(tmpdir, ignore_errors=True)
         self._slots.put(slot)
 
     def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
@@ -401,7 +414,7 @@ class Sandbox:
             self._limits_of = (self.limits, asdict(self.limits))  # asdict is slow: once
         return {**self._limits_of[1], "cpu_s": int(timeout) + 1, "uid": uid}
 
-    def _read(self, path: Path) -> str:
+    def _read(self, path: str) -> str:
         """The start of a run's output file. Not through a link the program may have put in
         its place, and without blocking on a FIFO."""
         try:
@@ -457,7 +470,8 @@ class Sandbox:
             raise ValueError("no tests to run")
         start = time.perf_counter()
         deadline = min(self.limits.total_timeout_s, self.limits.test_timeout_s * len(tests) + 1.0)
-        nonces = [secrets.token_hex(16) for _ in tests]
+        raw = secrets.token_hex(16 * len(tests))  # one random read for all the nonces
+        nonces = [raw[32 * i : 32 * i + 32] for i in range(len(tests))]
         slot, tmpdir, uid = self._slot()
         try:
             req = {
@@ -469,7 +483,7 @@ class Sandbox:
             }
             src = _sources(preamble, prompt, tuple((t.code, tuple(t.setup)) for t in tests))
             data, info = self._launch(req, slot, tmpdir, deadline + 1.0, src)
-            stdout, stderr = self._read(tmpdir / "stdout"), self._read(tmpdir / "stderr")
+            stdout, stderr = self._read(f"{tmpdir}/stdout"), self._read(f"{tmpdir}/stderr")
         finally:
             self._release(slot, tmpdir)
         index = {n: i for i, n in enumerate(nonces)}
@@ -523,14 +537,14 @@ class Sandbox:
         for i, t in enumerate(tests):
             slot, tmpdir, uid = self._slot()
             try:
-                stdin = tmpdir / "stdin"
+                stdin = Path(tmpdir, "stdin")
                 stdin.write_text(t.input)
                 if uid is not None:
                     os.chown(stdin, uid, uid)
                 timeout = self.limits.test_timeout_s
                 req = {"kind": "stdio", "program": program, "limits": self._limits(uid, timeout)}
                 _, info = self._launch(req, slot, tmpdir, timeout)
-                out, err = self._read(tmpdir / "stdout"), self._read(tmpdir / "stderr")
+                out, err = self._read(f"{tmpdir}/stdout"), self._read(f"{tmpdir}/stderr")
             finally:
                 self._release(slot, tmpdir)
             last, out_all, err_all = info, out_all or out, err_all or err
