@@ -111,7 +111,9 @@ def problem_from_tests(
         entry_point = entry_point or default_entry_point(prompt)
         if not entry_point:
             raise ValueError("function tests need the function's name (entry_point)")
-        cases = [TestCase("assert", code=t.replace(f"{entry_point}(", "candidate(")) for t in tests]
+        # kept as written: the sandbox binds the function's name (guarded) as well as
+        # `candidate`; rewriting "name(" also hit longer names and string literals
+        cases = [TestCase("assert", code=t) for t in tests]
         return Problem(problem_id, prompt, "function", cases, entry_point=entry_point)
     if all(
         isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)

@@ -128,3 +128,11 @@ def test_malformed_rows_are_reported_with_line_and_field_and_the_rest_loads(tmp_
     assert len(e.value.errors) == 7
     assert f"{path}:3: field 'entry_point'" in str(e.value)
     assert f"{path}:9: field 'task_id': duplicate id 'ok/1' (first on line 1)" in str(e.value)
+
+
+def test_user_asserts_are_kept_as_written():
+    from bdc_ray.data.problems import problem_from_tests
+
+    tests = ["assert add(1, 2) == 3", "assert my_add(1) == 'add(1)'", "assert candidate(0, 0) == 0"]
+    p = problem_from_tests(tests, prompt="def add(a, b):\n    pass\n")
+    assert p.entry_point == "add" and [t.code for t in p.tests] == tests
