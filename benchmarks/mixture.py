@@ -61,9 +61,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument(
         "--routes",
-        nargs="+",
-        default=["base", "mixture", "merge", "mixed_batch"],
-        help="a subset of the routes (base and mixture always run)",
+        nargs="*",
+        choices=["merge", "mixed_batch"],
+        default=["merge", "mixed_batch"],
+        help="peft's routes to run beside base and mixture (none: `--routes` alone)",
     )
     args = ap.parse_args()
 
