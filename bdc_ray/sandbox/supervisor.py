@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,26 @@ Status = Literal["passed", "failed", "error", "timeout", "memory", "killed"]
 _SEVERITY = ["killed", "timeout", "memory", "error", "failed"]
 _BASE_UID = 62000  # slot uids: 62000, 62001, ... (no passwd entry needed)
 _SOURCES_MAX = 4096  # problems whose compiled tests the template keeps
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MNT_DETACH = 2, 4, 8, 2
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_tmpfs(path: str, size_mb: int) -> bool:
+    """A tmpfs of `size_mb` (and few inodes) at `path`; needs root (CAP_SYS_ADMIN)."""
+    opts = f"size={size_mb}m,nr_inodes=4096,mode=0711".encode()
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    return _libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, opts) == 0
+
+
+def _unmount(paths: list[str]) -> None:
+    libc = _libc()
+    for path in paths:
+        libc.umount2(path.encode(), _MNT_DETACH)
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,7 @@ class Limits:
     open_files: int = 64
     processes: int = 32  # per run uid (threads count)
     output_chars: int = 4096  # kept of stdout/stderr and feedback
+    run_dir_mb: int = 64  # a run's folder in all (its files, stdout, stderr, stdin), as root
 
 
 @dataclass
@@ -180,6 +202,7 @@ class Sandbox:
         )
         self._run_numbers = itertools.count()
         os.chmod(self.root, 0o711)  # run uids may enter their own folder, not list others
+        self._slot_dirs = self._cap_slot_folders()
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.concurrency):
             self._slots.put(i)
@@ -193,6 +216,25 @@ class Sandbox:
         self._sock: socket.socket | None = None
         self.isolation: dict[str, Any] = {}
         self._start()
+
+    def _cap_slot_folders(self) -> list[str]:
+        """Each slot's runs get their folders on a tmpfs of the slot's own, capped at
+        `limits.run_dir_mb`: a program that writes file after file (each under RLIMIT_FSIZE)
+        fills its cap, not the host's memory or disk, nor a neighbour's room for output. Needs
+        root; elsewhere runs share the root folder (reported, logged). Unmounted at close, or
+        when this object is collected or the interpreter exits."""
+        if os.geteuid() != 0:
+            return []
+        dirs: list[str] = []
+        for i in range(self.concurrency):
+            path = f"{self.root}/slot{i}"
+            os.mkdir(path, 0o711)
+            if not _mount_tmpfs(path, self.limits.run_dir_mb):
+                _unmount(dirs)
+                return []
+            dirs.append(path)
+        self._unmount_slots = weakref.finalize(self, _unmount, dirs)
+        return dirs
 
     def _default_root(self) -> str | None:
         """A RAM file system for the runs' folders when it has four times the room every slot's
@@ -249,10 +291,13 @@ class Sandbox:
             audit_hook=True,
             scrubbed_environment=True,
             temp_dir_per_run=True,
+            run_dir_cap_mb=self.limits.run_dir_mb if self._slot_dirs else None,
         )
         self.isolation = iso
         missing = [
-            k for k in ("net_namespace", "pid_namespace", "privilege_drop") if not iso.get(k)
+            k
+            for k in ("net_namespace", "pid_namespace", "privilege_drop", "run_dir_cap_mb")
+            if not iso.get(k)
         ]
         if missing:
             log.warning("sandbox isolation degraded on this host: no %s", ", ".join(missing))
@@ -301,6 +346,8 @@ class Sandbox:
 
     def close(self) -> None:
         self._stop_template()
+        if self._slot_dirs:
+            self._unmount_slots()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
@@ -394,7 +441,8 @@ class Sandbox:
         creates entries in the root (mode 711, so runs cannot list it either)."""
         slot = self._slots.get()
         uid = _BASE_UID + slot if self.drop else None
-        tmpdir = f"{self.root}/run{slot}-{next(self._run_numbers)}"
+        base = self._slot_dirs[slot] if self._slot_dirs else self.root
+        tmpdir = f"{base}/run{slot}-{next(self._run_numbers)}"
         os.mkdir(tmpdir, 0o700)
         if uid is not None:
             os.chown(tmpdir, uid, uid)
@@ -538,7 +586,13 @@ class Sandbox:
             slot, tmpdir, uid = self._slot()
             try:
                 stdin = Path(tmpdir, "stdin")
-                stdin.write_text(t.input)
+                try:
+                    stdin.write_text(t.input)
+                except OSError as e:  # e.g. larger than the run folder's cap
+                    results.append(
+                        TestResult(i, "error", f"the test's input could not be written: {e}")
+                    )
+                    continue
                 if uid is not None:
                     os.chown(stdin, uid, uid)
                 timeout = self.limits.test_timeout_s

@@ -763,12 +763,62 @@ def test_fifos_in_place_of_the_output_files_do_not_hang_the_sandbox(sandbox):
     assert sandbox.check(GOOD, ADD).passed
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="capping a run's folder needs root")
+def test_files_written_one_after_another_stop_at_the_run_folder_cap(sandbox):
+    """Each file stays under RLIMIT_FSIZE, so only the folder's cap stops a program that
+    writes file after file (the folders lie on a RAM file system: this once could fill the
+    host's memory at ~2 GB/s)."""
+    filler = (
+        "def add(a, b):\n"
+        "    chunk, written = b'x' * (1 << 20), 0\n"
+        "    try:\n"
+        "        for i in range(10_000):\n"
+        "            with open(f'fill{i}', 'wb') as fh:\n"
+        "                for _ in range(15):\n"
+        "                    fh.write(chunk)\n"
+        "                    written += 1\n"
+        "    except OSError as e:\n"
+        "        return [written, e.errno]\n"
+        "    return [written, 0]\n"
+    )
+    r = sandbox.check_function(filler, "add", ADD.tests[:1])
+    assert not r.passed and "got: [" in r.tests[0].feedback, r.feedback()
+    written, errno = eval(r.tests[0].feedback.split("got: ")[1].splitlines()[0])
+    cap = sandbox.limits.run_dir_mb
+    assert errno == 28 and cap // 2 <= written <= cap, (written, errno)  # ENOSPC at the cap
+    assert sandbox.check(GOOD, ADD).passed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capping a run's folder needs root")
+def test_an_input_larger_than_the_run_folder_is_that_tests_error_and_mounts_go_at_close():
+    from bdc_ray.sandbox import Limits, Sandbox
+
+    with Sandbox(concurrency=1, limits=Limits(run_dir_mb=1)) as sb:
+        assert sb.isolation["run_dir_cap_mb"] == 1
+        big = [TestCase("io", input="1 2\n" + " " * (2 << 20), output="3\n")]
+        program = "a, b = map(int, input().split())\nprint(a + b)\n"
+        r = sb.check_stdio(program, big + STDIO.tests[:1])
+        assert [t.status for t in r.tests] == ["error", "passed"], r.feedback()
+        assert "could not be written" in r.tests[0].feedback
+        root = str(sb.root)
+        assert any(root in line for line in open("/proc/mounts"))
+    assert not any(root in line for line in open("/proc/mounts"))
+
+
 def test_isolation_is_reported(sandbox):
     iso = sandbox.isolation
-    for key in ("net_namespace", "pid_namespace", "privilege_drop", "audit_hook", "rlimits"):
+    for key in (
+        "net_namespace",
+        "pid_namespace",
+        "privilege_drop",
+        "audit_hook",
+        "rlimits",
+        "run_dir_cap_mb",
+    ):
         assert key in iso
     if os.geteuid() == 0:
         assert iso["privilege_drop"] is True
+        assert iso["run_dir_cap_mb"] == sandbox.limits.run_dir_mb
 
 
 def test_the_sandbox_recovers_when_its_template_is_killed(sandbox):
