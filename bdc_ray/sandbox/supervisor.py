@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,26 +43,6 @@ Status = Literal["passed", "failed", "error", "timeout", "memory", "killed"]
 _SEVERITY = ["killed", "timeout", "memory", "error", "failed"]
 _BASE_UID = 62000  # slot uids: 62000, 62001, ... (no passwd entry needed)
 _SOURCES_MAX = 4096  # problems whose compiled tests the template keeps
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MNT_DETACH = 2, 4, 8, 2
-
-
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _mount_tmpfs(path: str, size_mb: int) -> bool:
-    """A tmpfs of `size_mb` (and few inodes) at `path`; needs root (CAP_SYS_ADMIN)."""
-    opts = f"size={size_mb}m,nr_inodes=4096,mode=0711".encode()
-    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    return _libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, opts) == 0
-
-
-def _unmount(paths: list[str]) -> None:
-    libc = _libc()
-    for path in paths:
-        libc.umount2(path.encode(), _MNT_DETACH)
 
 
 @dataclass(frozen=True)
@@ -202,7 +181,12 @@ class Sandbox:
         )
         self._run_numbers = itertools.count()
         os.chmod(self.root, 0o711)  # run uids may enter their own folder, not list others
-        self._slot_dirs = self._cap_slot_folders()
+        # one folder per slot: the template mounts a capped tmpfs on each, in its own mount
+        # namespace (see zygote.cap_run_dirs); this side reaches them through /proc/PID/root
+        self._slot_dirs = [f"{self.root}/slot{i}" for i in range(self.concurrency)]
+        for path in self._slot_dirs:
+            os.mkdir(path, 0o711)
+        self._fs = ""  # "/proc/<template's waiter>/root" while the cap is in force
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.concurrency):
             self._slots.put(i)
@@ -216,25 +200,6 @@ class Sandbox:
         self._sock: socket.socket | None = None
         self.isolation: dict[str, Any] = {}
         self._start()
-
-    def _cap_slot_folders(self) -> list[str]:
-        """Each slot's runs get their folders on a tmpfs of the slot's own, capped at
-        `limits.run_dir_mb`: a program that writes file after file (each under RLIMIT_FSIZE)
-        fills its cap, not the host's memory or disk, nor a neighbour's room for output. Needs
-        root; elsewhere runs share the root folder (reported, logged). Unmounted at close, or
-        when this object is collected or the interpreter exits."""
-        if os.geteuid() != 0:
-            return []
-        dirs: list[str] = []
-        for i in range(self.concurrency):
-            path = f"{self.root}/slot{i}"
-            os.mkdir(path, 0o711)
-            if not _mount_tmpfs(path, self.limits.run_dir_mb):
-                _unmount(dirs)
-                return []
-            dirs.append(path)
-        self._unmount_slots = weakref.finalize(self, _unmount, dirs)
-        return dirs
 
     def _default_root(self) -> str | None:
         """A RAM file system for the runs' folders when it has four times the room every slot's
@@ -268,7 +233,13 @@ class Sandbox:
                 "-m",
                 "bdc_ray.sandbox.zygote",
                 str(child.fileno()),
-                json.dumps({"namespaces": self.namespaces}),
+                json.dumps(
+                    {
+                        "namespaces": self.namespaces,
+                        "run_dirs": self._slot_dirs if os.geteuid() == 0 else [],
+                        "run_dir_mb": self.limits.run_dir_mb,
+                    }
+                ),
             ],
             pass_fds=[child.fileno()],
             env=env,
@@ -280,9 +251,10 @@ class Sandbox:
         parent.settimeout(60)
         ready, _ = recv_msg(parent)
         parent.settimeout(None)
+        iso = dict(ready["isolation"])
         with self._send_lock:  # a new template holds no sources yet
             self._sock, self._defined = parent, OrderedDict()
-        iso = dict(ready["isolation"])
+            self._fs = f"/proc/{self._proc.pid}/root" if iso.get("run_dir_cap_mb") else ""
         iso.update(
             fresh_process_per_program="fork of a warm template",
             privilege_drop=self.drop,
@@ -291,7 +263,6 @@ class Sandbox:
             audit_hook=True,
             scrubbed_environment=True,
             temp_dir_per_run=True,
-            run_dir_cap_mb=self.limits.run_dir_mb if self._slot_dirs else None,
         )
         self.isolation = iso
         missing = [
@@ -345,9 +316,7 @@ class Sandbox:
             self._proc.wait(10)
 
     def close(self) -> None:
-        self._stop_template()
-        if self._slot_dirs:
-            self._unmount_slots()
+        self._stop_template()  # its mount namespace, and the runs' tmpfs mounts, go with it
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
@@ -436,25 +405,31 @@ class Sandbox:
         info["timed_out"] = timed_out
         return bytes(data), info
 
-    def _slot(self) -> tuple[int, str, int | None]:
-        """A free slot and a new folder for its run. Named by a counter: only this process
-        creates entries in the root (mode 711, so runs cannot list it either)."""
+    def _slot(self) -> tuple[int, str, str, int | None]:
+        """A free slot and a new folder for its run: (slot, the folder as the run sees it, the
+        same folder as this process reaches it, uid). Named by a counter: only this process
+        creates entries there (mode 711: runs cannot list it either)."""
         slot = self._slots.get()
-        uid = _BASE_UID + slot if self.drop else None
-        base = self._slot_dirs[slot] if self._slot_dirs else self.root
-        tmpdir = f"{base}/run{slot}-{next(self._run_numbers)}"
-        os.mkdir(tmpdir, 0o700)
-        if uid is not None:
-            os.chown(tmpdir, uid, uid)
-        return slot, tmpdir, uid
+        try:
+            self._ensure()  # the template's mount namespace holds the slot's tmpfs
+            uid = _BASE_UID + slot if self.drop else None
+            tmpdir = f"{self._slot_dirs[slot]}/run{next(self._run_numbers)}"
+            here = self._fs + tmpdir
+            os.mkdir(here, 0o700)
+            if uid is not None:
+                os.chown(here, uid, uid)
+        except BaseException:
+            self._slots.put(slot)
+            raise
+        return slot, tmpdir, here, uid
 
-    def _release(self, slot: int, tmpdir: str) -> None:
+    def _release(self, slot: int, here: str) -> None:
         try:  # the usual case: a few files (stdout, stderr, stdin)
-            for name in os.listdir(tmpdir):
-                os.unlink(f"{tmpdir}/{name}")
-            os.rmdir(tmpdir)
+            for name in os.listdir(here):
+                os.unlink(f"{here}/{name}")
+            os.rmdir(here)
         except OSError:  # folders, or anything else the program left
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            shutil.rmtree(here, ignore_errors=True)
         self._slots.put(slot)
 
     def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
@@ -520,7 +495,7 @@ class Sandbox:
         deadline = min(self.limits.total_timeout_s, self.limits.test_timeout_s * len(tests) + 1.0)
         raw = secrets.token_hex(16 * len(tests))  # one random read for all the nonces
         nonces = [raw[32 * i : 32 * i + 32] for i in range(len(tests))]
-        slot, tmpdir, uid = self._slot()
+        slot, tmpdir, here, uid = self._slot()
         try:
             req = {
                 "kind": "function",
@@ -531,9 +506,9 @@ class Sandbox:
             }
             src = _sources(preamble, prompt, tuple((t.code, tuple(t.setup)) for t in tests))
             data, info = self._launch(req, slot, tmpdir, deadline + 1.0, src)
-            stdout, stderr = self._read(f"{tmpdir}/stdout"), self._read(f"{tmpdir}/stderr")
+            stdout, stderr = self._read(f"{here}/stdout"), self._read(f"{here}/stderr")
         finally:
-            self._release(slot, tmpdir)
+            self._release(slot, here)
         index = {n: i for i, n in enumerate(nonces)}
         verdicts: dict[int, TestResult] = {}
         for line in data.decode("utf-8", "replace").splitlines():
@@ -583,9 +558,9 @@ class Sandbox:
         results, last = [], {}
         out_all, err_all = "", ""
         for i, t in enumerate(tests):
-            slot, tmpdir, uid = self._slot()
+            slot, tmpdir, here, uid = self._slot()
             try:
-                stdin = Path(tmpdir, "stdin")
+                stdin = Path(here, "stdin")
                 try:
                     stdin.write_text(t.input)
                 except OSError as e:  # e.g. larger than the run folder's cap
@@ -598,9 +573,9 @@ class Sandbox:
                 timeout = self.limits.test_timeout_s
                 req = {"kind": "stdio", "program": program, "limits": self._limits(uid, timeout)}
                 _, info = self._launch(req, slot, tmpdir, timeout)
-                out, err = self._read(f"{tmpdir}/stdout"), self._read(f"{tmpdir}/stderr")
+                out, err = self._read(f"{here}/stdout"), self._read(f"{here}/stderr")
             finally:
-                self._release(slot, tmpdir)
+                self._release(slot, here)
             last, out_all, err_all = info, out_all or out, err_all or err
             shown = f"input: {t.input[:200]!r}\nexpected: {t.output[:200]!r}\ngot: {out[:200]!r}"
             if info.get("timed_out") or info.get("name") == "SIGXCPU":

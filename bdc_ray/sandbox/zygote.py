@@ -87,6 +87,32 @@ def _unshare(flags: int) -> bool:
     return _libc.unshare(flags) == 0
 
 
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE, MNT_DETACH = 2, 4, 8, 1 << 14, 1 << 18, 2
+
+
+def cap_run_dirs(dirs: list[str], size_mb: int) -> int | None:
+    """Mount a tmpfs of `size_mb` (4096 inodes, nosuid/nodev/noexec) on each slot's folder,
+    in a mount namespace of the template's own: every file a run writes stays under
+    RLIMIT_FSIZE, so only such a cap stops one that writes file after file from filling the
+    host's memory (/dev/shm) or disk, or a neighbour's room for output. The mounts die with
+    the namespace, i.e. with the template: nothing is left on the host. Returns the cap in
+    force, or None where the host refuses (no root, no mount namespaces)."""
+    if not dirs or not _unshare(CLONE_NEWNS):
+        return None
+    # private: nothing mounted here propagates back to the host's namespace
+    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return None
+    opts = f"size={size_mb}m,nr_inodes=4096,mode=0711".encode()
+    done = []
+    for path in dirs:
+        if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts):
+            for p in done:
+                _libc.umount2(p.encode(), MNT_DETACH)
+            return None
+        done.append(path)
+    return size_mb
+
+
 def _sweep(uid: int) -> None:
     """Kill every process running as `uid` (the run's own uid): escapes by setsid included."""
     pid = os.fork()
@@ -268,6 +294,7 @@ def main() -> None:
     want = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     sock = socket.socket(fileno=fd)
     isolation = {"net_namespace": False, "pid_namespace": False, "root": os.geteuid() == 0}
+    isolation["run_dir_cap_mb"] = cap_run_dirs(want.get("run_dirs", []), want.get("run_dir_mb", 64))
     if want.get("namespaces", True):
         isolation["net_namespace"] = _unshare(CLONE_NEWNET)
         isolation["pid_namespace"] = _unshare(CLONE_NEWPID)

@@ -790,7 +790,7 @@ def test_files_written_one_after_another_stop_at_the_run_folder_cap(sandbox):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capping a run's folder needs root")
-def test_an_input_larger_than_the_run_folder_is_that_tests_error_and_mounts_go_at_close():
+def test_an_input_larger_than_the_run_folder_is_that_tests_error_and_nothing_is_left():
     from bdc_ray.sandbox import Limits, Sandbox
 
     with Sandbox(concurrency=1, limits=Limits(run_dir_mb=1)) as sb:
@@ -800,9 +800,11 @@ def test_an_input_larger_than_the_run_folder_is_that_tests_error_and_mounts_go_a
         r = sb.check_stdio(program, big + STDIO.tests[:1])
         assert [t.status for t in r.tests] == ["error", "passed"], r.feedback()
         assert "could not be written" in r.tests[0].feedback
-        root = str(sb.root)
-        assert any(root in line for line in open("/proc/mounts"))
-    assert not any(root in line for line in open("/proc/mounts"))
+        root, template = str(sb.root), sb._proc.pid
+        # mounted in the template's own mount namespace, never in the host's
+        assert sum(root in line for line in open(f"/proc/{template}/mounts")) == 1
+        assert not any(root in line for line in open("/proc/mounts"))
+    assert not os.path.exists(f"/proc/{template}") and not os.path.exists(root)
 
 
 def test_isolation_is_reported(sandbox):
