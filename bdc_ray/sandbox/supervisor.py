@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,6 +181,8 @@ class Sandbox:
             )
         )
         self._run_numbers = itertools.count()
+        # a Sandbox never closed (its owner collected, or exiting) still removes its folder
+        self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
         os.chmod(self.root, 0o711)  # run uids may enter their own folder, not list others
         # one folder per slot: the template mounts a capped tmpfs on each, in its own mount
         # namespace (see zygote.cap_run_dirs); this side reaches them through /proc/PID/root
@@ -236,7 +239,7 @@ class Sandbox:
                 json.dumps(
                     {
                         "namespaces": self.namespaces,
-                        "run_dirs": self._slot_dirs if os.geteuid() == 0 else [],
+                        "run_dirs": self._slot_dirs if self.namespaces else [],
                         "run_dir_mb": self.limits.run_dir_mb,
                     }
                 ),
@@ -317,7 +320,7 @@ class Sandbox:
 
     def close(self) -> None:
         self._stop_template()  # its mount namespace, and the runs' tmpfs mounts, go with it
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._remove_root()
 
     def __enter__(self) -> Sandbox:
         return self
