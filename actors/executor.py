@@ -32,6 +32,7 @@ class ExecutorPool:
             **self.sandbox.isolation,
             "slots": self.slots,
             "limits": asdict(self.sandbox.limits),
+            "root": str(self.sandbox.root),
         }
 
     async def check(
