@@ -197,7 +197,6 @@ class Sandbox:
         self._start_lock = threading.Lock()
         # keys of the sources the running template holds, least recently used first
         self._defined: OrderedDict[str, None] = OrderedDict()
-        self._limits_of: tuple[Limits, dict[str, Any]] | None = None
         self._waiters: dict[str, list] = {}
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -436,9 +435,7 @@ class Sandbox:
         self._slots.put(slot)
 
     def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
-        if self._limits_of is None or self._limits_of[0] is not self.limits:
-            self._limits_of = (self.limits, asdict(self.limits))  # asdict is slow: once
-        return {**self._limits_of[1], "cpu_s": int(timeout) + 1, "uid": uid}
+        return {**asdict(self.limits), "cpu_s": int(timeout) + 1, "uid": uid}
 
     def _read(self, path: str) -> str:
         """The start of a run's output file. Not through a link the program may have put in
@@ -496,8 +493,7 @@ class Sandbox:
             raise ValueError("no tests to run")
         start = time.perf_counter()
         deadline = min(self.limits.total_timeout_s, self.limits.test_timeout_s * len(tests) + 1.0)
-        raw = secrets.token_hex(16 * len(tests))  # one random read for all the nonces
-        nonces = [raw[32 * i : 32 * i + 32] for i in range(len(tests))]
+        nonces = [secrets.token_hex(16) for _ in tests]
         slot, tmpdir, here, uid = self._slot()
         try:
             req = {
