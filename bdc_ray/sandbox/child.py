@@ -425,6 +425,94 @@ def seal() -> tuple[Any, Any]:
     return private["run_function"], private["run_stdio"]
 
 
+# a trusted problem that warm_up() runs in the template: code of the kind programs and tests
+# are, with tests that pass, fail and raise, so that every path of the harness runs
+_WARM_PROGRAM = """
+import math
+from typing import List
+
+
+def solve(xs: List[int], k: int = 2) -> list:
+    \"\"\"The multiples of k in xs, doubled, without repeats, sorted.\"\"\"
+    out = []
+    for x in xs:
+        if x % k == 0 and x * k not in out and not math.isnan(float(x)):
+            out.append(x * k)
+    seen = {str(v): len(str(v)) for v in out}
+    return sorted(out) if seen else []
+"""
+_WARM_TESTS = (
+    "assert solve([1, 2, 3, 4]) == [4, 8]",
+    "assert solve([]) == []",
+    "assert solve([6, 9, 9], k=3) == [18, 27]",
+    "assert abs(solve([10])[0] - 20) < 1e-6",
+    "assert solve([2]) == [5]",
+    "assert solve(None) == []",
+)
+
+
+def warm_up(run_function: Any, rounds: int = 12) -> list[str]:
+    """In the template, once, before the first fork: run the sealed harness on a trusted
+    problem a few times, without its audit hook (which could not be removed again). What a
+    first run does once per process (quickening the harness's bytecode, filling the type
+    attribute cache, interning names) then happens here, once, instead of in every run, where
+    each such write copies a page shared with the template. Leaves the template's signal
+    handlers, timers and collector as they were. Returns the statuses of the last round."""
+    g = run_function.__globals__
+    install, handlers = g["_install_guard"], {s: _signal.getsignal(s) for s in _WARM_SIGNALS}
+    src = prepare_sources(
+        {
+            "prompt": _WARM_PROGRAM.split("    out = []")[0] + "    pass\n",
+            "preamble": "import math",
+            "tests": [{"code": t} for t in _WARM_TESTS],
+            "test_modules": ["math"],
+        }
+    )
+    r, w = os.pipe()
+    g["_install_guard"] = lambda tmpdir, state: None
+    lines: list[str] = []
+    try:
+        for i in range(rounds):
+            req = {
+                "program": _WARM_PROGRAM,
+                "entry_point": "solve",
+                "nonces": [f"warm{i}.{j}" for j in range(len(_WARM_TESTS))],
+                "limits": {"test_timeout_s": 5.0},
+                "tmpdir": "/",
+                "src": src,
+            }
+            run_function(req, w)
+            lines = os.read(r, 1 << 16).decode().splitlines()
+        hook = _guard("/nonexistent", {"armed": True, "formatting": False})
+        for event, args in _WARM_EVENTS:
+            try:
+                hook(event, args)
+            except PermissionError:
+                pass
+    finally:
+        g["_install_guard"] = install
+        _setitimer(_ITIMER_REAL, 0)
+        for sig, handler in handlers.items():
+            _set_handler(sig, handler)
+        _gc_enable()
+        os.close(r)
+        os.close(w)
+    return [line.split(" ", 2)[1] for line in lines]
+
+
+_WARM_SIGNALS = (_SIGALRM, _SIGVTALRM, _SIGPROF)
+_WARM_EVENTS = (
+    ("exec", (None,)),
+    ("compile", (None, "<program>")),
+    ("import", ("math", None, None, None, None)),
+    ("open", ("data.txt", "r", 0)),
+    ("open", ("/etc/passwd", "w", 1)),
+    ("os.remove", ("x", -1)),
+    ("object.__getattr__", (None, "tb_frame")),
+    ("sys._getframe", (None,)),
+)
+
+
 def run_function(req: dict[str, Any], vfd: int) -> None:
     """Run the program, then each test; write `<nonce> <status> <feedback>` per test."""
     if not _SEALED:

@@ -228,6 +228,9 @@ class Sandbox:
             "PYTHONHASHSEED": "0",
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
+            # every library symbol resolved at the template's start: else each run resolves
+            # (and so writes, copying a page) the ones the template had not called yet
+            "LD_BIND_NOW": "1",
         }
         self._proc = subprocess.Popen(
             [

@@ -143,3 +143,43 @@ def test_what_the_template_sets_once_every_run_still_has(sandbox):
         assert result.stdout.strip() == "out-marker" and result.stderr.strip() == "err-marker"
         seen.append(cwd)
     assert seen[0] != seen[1]  # each run its own folder
+
+
+def test_runs_forked_without_os_fork_still_get_their_own_random_stream(sandbox):
+    """The template forks with fork(2) itself, skipping os.fork's at-fork callbacks; each run
+    must still reseed `random` (else every run would draw the template's same numbers)."""
+    program = "import random\ndef f(x):\n    return [random.random() for _ in range(3)]\n"
+    draws = []
+    for _ in range(3):
+        result = sandbox.check_function(
+            program, "f", [TestCase("assert", code="assert candidate(0) == 0")]
+        )
+        got = result.tests[0].feedback
+        draws.append(got[got.index("got: ") + 5 :].splitlines()[0])
+    assert len(set(draws)) == 3, draws
+
+
+def test_warm_up_runs_every_path_of_the_harness_and_leaves_the_template_as_it_was():
+    """warm_up runs in the template itself: it must exercise the sealed harness (passing,
+    failing and raising tests) and leave no audit hook, timer, handler or disabled collector."""
+    import subprocess
+
+    script = (
+        "import gc, json, os, signal, sys, tempfile\n"
+        "from bdc_ray.sandbox import child\n"
+        "sigs = (signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF)\n"
+        "before = [signal.getsignal(s) for s in sigs]\n"
+        "run_function, _ = child.seal()\n"
+        "statuses = child.warm_up(run_function, rounds=3)\n"
+        "outside = os.path.join(tempfile.gettempdir(), 'bdc-warm-up-probe')\n"
+        "open(outside, 'w').close(); os.remove(outside)  # refused were a hook installed\n"
+        "print(json.dumps({'statuses': statuses, 'gc': gc.isenabled(),\n"
+        "    'handlers': [signal.getsignal(s) == b for s, b in zip(sigs, before)],\n"
+        "    'timer': signal.getitimer(signal.ITIMER_REAL)[0]}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["statuses"] == ["passed"] * 4 + ["failed", "error"], got
+    assert got["gc"] and all(got["handlers"]) and got["timer"] == 0.0, got
