@@ -245,6 +245,7 @@ class Sandbox:
                         "namespaces": self.namespaces,
                         "run_dirs": self._slot_dirs if self.namespaces else [],
                         "run_dir_mb": self.limits.run_dir_mb,
+                        "drop_privileges": self.drop,
                     }
                 ),
             ],
@@ -279,6 +280,11 @@ class Sandbox:
         ]
         if missing:
             log.warning("sandbox isolation degraded on this host: no %s", ", ".join(missing))
+        if iso.get("interpreter_exposed", []) is None:
+            log.warning(
+                "the interpreter lies under a folder that runs' uids cannot enter and it could "
+                "not be exposed to them: runs can import only the modules the template preloads"
+            )
         threading.Thread(
             target=self._reader, args=(parent,), daemon=True, name="sandbox-reader"
         ).start()

@@ -102,7 +102,60 @@ def _unshare(flags: int) -> bool:
     return _libc.unshare(flags) == 0
 
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE, MNT_DETACH = 2, 4, 8, 1 << 14, 1 << 18, 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_REC, MS_PRIVATE, MNT_DETACH = 1 << 14, 1 << 18, 2
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The topmost folder above `path` that users other than its owner cannot enter (no
+    `x` for others): a run, under a uid of its own, cannot reach `path` through it."""
+    parts = os.path.abspath(path).split(os.sep)[1:-1]
+    for i in range(1, len(parts) + 1):
+        folder = os.sep + os.sep.join(parts[:i])
+        try:
+            if not os.stat(folder).st_mode & 0o001:
+                return folder
+        except OSError:
+            return None
+    return None
+
+
+def expose_interpreter(paths: list[str]) -> list[str] | None:
+    """Let runs (dropped to a uid of their own) import the interpreter's own modules where
+    they lie under a folder closed to other users, e.g. a pyenv Python under /root (0700):
+    without this, every module not preloaded by the template fails to import. In the
+    template's mount namespace (see cap_run_dirs), each such folder is covered by a small
+    read-only tmpfs that others may enter, holding only the needed trees, bind-mounted at
+    their own paths: what else that folder holds stays hidden from runs. Returns the trees
+    exposed ([] when none needed it), or None where this could not be done."""
+    blocked: dict[str, list[str]] = {}
+    for path in sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}):
+        top = _blocked_ancestor(path)
+        if top is not None and not any(path.startswith(q + os.sep) for q in blocked.get(top, ())):
+            blocked.setdefault(top, []).append(path)
+    exposed = []
+    for top, trees in blocked.items():
+        # handles on the real trees, taken before the tmpfs hides them
+        fds = [os.open(t, os.O_PATH | os.O_DIRECTORY) for t in trees]
+        try:
+            if _libc.mount(
+                b"tmpfs", top.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"
+            ):
+                return None
+            for tree, fd in zip(trees, fds, strict=True):
+                os.makedirs(tree, mode=0o755, exist_ok=True)
+                if _libc.mount(
+                    f"/proc/self/fd/{fd}".encode(), tree.encode(), None, MS_BIND | MS_REC, None
+                ):
+                    return None
+                exposed.append(tree)
+            _libc.mount(
+                None, top.encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return exposed
 
 
 def cap_run_dirs(dirs: list[str], size_mb: int) -> int | None:
@@ -180,7 +233,6 @@ def _child(req: dict, vfd: int, live_w: int, prepared: tuple) -> None:
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 1 << 16)
         sys.stdin, sys.stdout, sys.stderr = stdio  # made in the template, over fds 0-2
-        harness.point_home(tmpdir)
         _signal.signal(_SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if req["kind"] == "function":
             run_function(req, vfd)
@@ -213,7 +265,7 @@ def serve(sock: socket.socket, isolation: dict) -> None:
 
     from bdc_ray.sandbox import child as harness  # the harness, ready before the first fork
 
-    harness.scrub_environment("/")
+    harness.scrub_environment()
     harness.presnapshot([n for n in PRELOAD if n in sys.modules])
     run_function, run_stdio = harness.seal()
     harness.warm_up(run_function)
@@ -315,6 +367,15 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     isolation = {"net_namespace": False, "pid_namespace": False, "root": os.geteuid() == 0}
     isolation["run_dir_cap_mb"] = cap_run_dirs(want.get("run_dirs", []), want.get("run_dir_mb", 64))
+    if want.get("drop_privileges"):
+        # runs import as their own uid: the interpreter's modules must be reachable
+        trees = [sys.base_prefix, sys.prefix, *sys.path]
+        closed = [t for t in trees if os.path.isdir(t) and _blocked_ancestor(t)]
+        isolation["interpreter_exposed"] = (
+            expose_interpreter(trees) if closed and isolation["run_dir_cap_mb"] else []
+        )
+        if closed and not isolation["interpreter_exposed"]:
+            isolation["interpreter_exposed"] = None  # runs can import only what is preloaded
     if want.get("namespaces", True):
         isolation["net_namespace"] = _unshare(CLONE_NEWNET)
         isolation["pid_namespace"] = _unshare(CLONE_NEWPID)

@@ -343,6 +343,22 @@ HOSTILE = [
         {"error"},
     ),
     (
+        "takes the refusal of a frame for a missing one and looks elsewhere",
+        prog("""
+        import sys
+        def add(a, b):
+            try:
+                f = sys._getframe(1)
+            except ValueError:  # what namedtuple and TypeVar do: carry on without a frame
+                try:
+                    return sys._current_frames()
+                except ValueError:
+                    return 0
+            return f.f_back.f_locals
+        """),
+        {"failed"},
+    ),
+    (
         "walks a traceback for the nonce",
         prog("""
         def add(a, b):

@@ -119,15 +119,16 @@ def test_a_snapshot_is_reused_only_while_the_module_is_unchanged():
 
 def test_what_the_template_sets_once_every_run_still_has(sandbox):
     """Name, environment and stdio are prepared in the template (not per run): each run must
-    still show its own name, see only the scrubbed variables with HOME/TMPDIR at its own folder,
-    and write through working stdio to its own files."""
+    still show its own name, see only the scrubbed variables with `~` and temporary files in
+    its own folder, and write through working stdio to its own files."""
     program = (
-        "import os, sys\n"
+        "import os, sys, tempfile\n"
         "def f(x):\n"
         "    name = open('/proc/self/stat').read().split('(')[1].split(')')[0]\n"
         "    print('out-marker'); print('err-marker', file=sys.stderr)\n"
-        "    return [name, os.getcwd(), os.environ['HOME'], os.environ['TMPDIR'],\n"
-        "            sorted(os.environ)]\n"
+        "    fd, path = tempfile.mkstemp(); os.close(fd)\n"
+        "    return [name, os.getcwd(), os.path.realpath(os.path.expanduser('~')),\n"
+        "            os.path.dirname(os.path.realpath(path)), sorted(os.environ)]\n"
     )
     seen = []
     for _ in range(2):
