@@ -104,6 +104,7 @@ _SEP = os.sep
 _O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 _setitimer = _signal.setitimer
 _set_handler = _signal.signal
+_get_handler = _signal.getsignal
 _sigmask = _signal.pthread_sigmask
 _SIG_BLOCK, _SIG_SETMASK, _SIG_IGN = _signal.SIG_BLOCK, _signal.SIG_SETMASK, _signal.SIG_IGN
 _SIGALRM, _SIGVTALRM, _SIGPROF = _signal.SIGALRM, _signal.SIGVTALRM, _signal.SIGPROF
@@ -199,13 +200,14 @@ def prepare_sources(src: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - SyntaxError, ValueError (NUL bytes), ...
             return f"the test does not compile: {type(e).__name__}: {e}"
 
-    prompt = src.get("prompt") or ""
-    return {
-        "prompt": code(prompt, "<prompt>") if prompt else None,
-        "preamble": code(src.get("preamble") or "", "<test>"),
+    prompt, preamble = src.get("prompt") or "", src.get("preamble") or ""
+    setups = ["\n".join(t.get("setup", ())) for t in src["tests"]]
+    return {  # None: nothing to run
+        "prompt": code(prompt, "<prompt>") if prompt.strip() else None,
+        "preamble": code(preamble, "<test>") if preamble.strip() else None,
         "tests": tuple(
-            (code("\n".join(t.get("setup", ())) or "pass", "<test>"), code(t["code"], "<test>"))
-            for t in src["tests"]
+            (code(setup, "<test>") if setup.strip() else None, code(t["code"], "<test>"))
+            for setup, t in zip(setups, src["tests"], strict=True)
         ),
         "test_modules": tuple(src.get("test_modules", ())),
     }
@@ -402,10 +404,15 @@ def _settle() -> str | None:
     later, in the harness's time. Collection (finalisers) was switched off by the caller;
     timers and their handlers are reset here; threads cannot be stopped, so a program that
     leaves one running gets an error (returned) for the test."""
-    _setitimer(_ITIMER_VIRTUAL, 0)
-    _setitimer(_ITIMER_PROF, 0)
-    _set_handler(_SIGVTALRM, _SIG_IGN)
-    _set_handler(_SIGPROF, _SIG_IGN)
+    # the profiling timers' handlers by identity (no `==` of a program's object): while both
+    # are still "ignore", a timer of the program raises only ignored signals (a handler that
+    # faulthandler put in at the C level would only print frame names). The alarm's handler
+    # is set again each time: faulthandler could have replaced it unseen.
+    if _get_handler(_SIGVTALRM) is not _SIG_IGN or _get_handler(_SIGPROF) is not _SIG_IGN:
+        _setitimer(_ITIMER_VIRTUAL, 0)
+        _setitimer(_ITIMER_PROF, 0)
+        _set_handler(_SIGVTALRM, _SIG_IGN)
+        _set_handler(_SIGPROF, _SIG_IGN)
     _set_handler(_SIGALRM, _on_alarm)
     running = _thread_count()
     if running:
@@ -625,8 +632,10 @@ def run_function(req: dict[str, Any], vfd: int) -> None:
         status, info = "passed", {}
         _setitimer(_ITIMER_REAL, per_test)
         try:
-            exec(preamble, ns)
-            exec(setup, ns)
+            if preamble is not None:
+                exec(preamble, ns)
+            if setup is not None:
+                exec(setup, ns)
             exec(code, ns)
         except BaseException as e:  # noqa: BLE001 - classified below, disarmed first
             _setitimer(_ITIMER_REAL, 0)

@@ -29,8 +29,10 @@ def test_prepare_sources_compiles_the_trusted_sources_and_keeps_each_tests_error
     (setup, code), (_, broken) = entry["tests"]
     assert isinstance(setup, types.CodeType) and isinstance(code, types.CodeType)
     assert isinstance(broken, str) and "does not compile" in broken and "SyntaxError" in broken
+    assert entry["tests"][1][0] is None  # no setup: nothing to run
     assert entry["test_modules"] == ("math",)
-    assert child.prepare_sources({"tests": []})["prompt"] is None
+    empty = child.prepare_sources({"prompt": "  \n", "preamble": "", "tests": []})
+    assert empty["prompt"] is None and empty["preamble"] is None
 
 
 def _sent(monkeypatch):
