@@ -24,6 +24,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,7 @@ class Sandbox:
         self._defined: OrderedDict[str, None] = OrderedDict()
         self._waiters: dict[str, list] = {}
         self._proc: subprocess.Popen | None = None
+        self._gone = False  # set by the reader when the running template's socket closes
         self._sock: socket.socket | None = None
         self.isolation: dict[str, Any] = {}
         self._start()
@@ -261,7 +263,7 @@ class Sandbox:
         parent.settimeout(None)
         iso = dict(ready["isolation"])
         with self._send_lock:  # a new template holds no sources yet
-            self._sock, self._defined = parent, OrderedDict()
+            self._sock, self._defined, self._gone = parent, OrderedDict(), False
             self._fs = f"/proc/{self._proc.pid}/root" if iso.get("run_dir_cap_mb") else ""
         iso.update(
             fresh_process_per_program="fork of a warm template",
@@ -299,12 +301,16 @@ class Sandbox:
             if waiter is not None:
                 waiter[1] = msg.get("status")
                 waiter[0].set()
-        # the template died: wake everyone still waiting
-        for waiter in list(self._waiters.values()):
+        # the template died (or was stopped): the next run starts a new one
+        with self._send_lock:
+            if self._sock is sock:
+                self._gone = True
+        for waiter in list(self._waiters.values()):  # wake everyone still waiting
             waiter[0].set()
 
     def _alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        # the template's socket reaches EOF when it dies (no wait4 per run to learn that)
+        return self._proc is not None and not self._gone and self._proc.returncode is None
 
     def _ensure(self) -> None:
         if self._alive():
@@ -348,13 +354,14 @@ class Sandbox:
         sources: tuple[str, dict[str, Any]] | None = None,
     ) -> tuple[bytes, dict]:
         """Start one run and collect its verdict stream until EOF or the deadline. `sources`
-        (key, payload): the tests of a function run, sent only if the template lacks them."""
-        self._ensure()
+        (key, payload): the tests of a function run, sent only if the template lacks them.
+        The caller took a slot (_slot), which started the template if need be."""
         rid = secrets.token_hex(8)
         req.update(op="run", id=rid, tmpdir=tmpdir)
         waiter = [threading.Event(), None]
         self._waiters[rid] = waiter
         r, w = os.pipe()
+        os.set_blocking(r, False)  # only this end: the run's writes never fail with EAGAIN
         try:
             with self._send_lock:
                 if sources is not None:
@@ -380,7 +387,6 @@ class Sandbox:
             # most runs end within milliseconds: wait for the template's word that the process
             # ended rather than wake for every verdict line (one per test), and drain the pipe
             # every 50 ms meanwhile so that a run with many verdicts never blocks on it
-            os.set_blocking(r, False)
             while not waiter[0].wait(min(0.05, max(0.0, end - time.monotonic()))):
                 if time.monotonic() >= end:
                     break
@@ -390,7 +396,6 @@ class Sandbox:
                             data += chunk
                 except BlockingIOError:
                     pass
-            os.set_blocking(r, True)
             while True:
                 left = end - time.monotonic()
                 if left <= 0:
@@ -399,7 +404,10 @@ class Sandbox:
                 ready, _, _ = select.select([r], [], [], left)
                 if not ready:
                     continue
-                chunk = os.read(r, 65536)
+                try:
+                    chunk = os.read(r, 65536)
+                except BlockingIOError:
+                    continue
                 if not chunk:
                     break
                 if len(data) < 1 << 20:  # a program flooding the pipe gains nothing
@@ -436,25 +444,43 @@ class Sandbox:
             raise
         return slot, tmpdir, here, uid
 
-    def _release(self, slot: int, here: str) -> None:
-        try:  # the usual case: a few files (stdout, stderr, stdin)
-            for name in os.listdir(here):
-                os.unlink(f"{here}/{name}")
+    def _finish(self, slot: int, here: str) -> tuple[str, str]:
+        """The start of the run's stdout and stderr; then its folder is removed and the slot
+        freed. Through one descriptor of the folder: every path from here crosses
+        /proc/<pid>/root."""
+        out = err = ""
+        try:
+            folder = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            folder = None
+        try:
+            if folder is not None:
+                out, err = self._read(folder, "stdout"), self._read(folder, "stderr")
+                # the usual case: a few files (stdout, stderr, stdin)
+                for name in os.listdir(folder):
+                    os.unlink(name, dir_fd=folder)
             os.rmdir(here)
         except OSError:  # folders, or anything else the program left
             shutil.rmtree(here, ignore_errors=True)
-        self._slots.put(slot)
+        finally:
+            if folder is not None:
+                os.close(folder)
+            self._slots.put(slot)
+        return out, err
 
     def _limits(self, uid: int | None, timeout: float) -> dict[str, Any]:
         if self._limits_of is not self.limits:  # Limits is frozen: one dict per instance
             self._limits_dict, self._limits_of = asdict(self.limits), self.limits
         return {**self._limits_dict, "cpu_s": int(timeout) + 1, "uid": uid}
 
-    def _read(self, path: str) -> str:
+    def _read(self, folder: int, name: str) -> str:
         """The start of a run's output file. Not through a link the program may have put in
-        its place, and without blocking on a FIFO."""
+        its place, and without blocking on a FIFO; an empty file is not opened."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                return ""
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
         except OSError:
             return ""
         try:
@@ -519,9 +545,8 @@ class Sandbox:
             }
             src = _sources(preamble, prompt, tuple((t.code, tuple(t.setup)) for t in tests))
             data, info = self._launch(req, slot, tmpdir, deadline + 1.0, src)
-            stdout, stderr = self._read(f"{here}/stdout"), self._read(f"{here}/stderr")
         finally:
-            self._release(slot, here)
+            stdout, stderr = self._finish(slot, here)
         index = {n: i for i, n in enumerate(nonces)}
         verdicts: dict[int, TestResult] = {}
         for line in data.decode("utf-8", "replace").splitlines():
@@ -586,9 +611,8 @@ class Sandbox:
                 timeout = self.limits.test_timeout_s
                 req = {"kind": "stdio", "program": program, "limits": self._limits(uid, timeout)}
                 _, info = self._launch(req, slot, tmpdir, timeout)
-                out, err = self._read(f"{here}/stdout"), self._read(f"{here}/stderr")
             finally:
-                self._release(slot, here)
+                out, err = self._finish(slot, here)
             last, out_all, err_all = info, out_all or out, err_all or err
             shown = f"input: {t.input[:200]!r}\nexpected: {t.output[:200]!r}\ngot: {out[:200]!r}"
             if info.get("timed_out") or info.get("name") == "SIGXCPU":

@@ -35,9 +35,9 @@ CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
-_RESET_SIGNALS = tuple(
-    int(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)
-)
+# the handlers the template itself has that a run must not (SIGINT and SIGTERM are the
+# default already: serve() sets SIGINT so)
+_RESET_SIGNALS = tuple(int(s) for s in (signal.SIGCHLD, signal.SIGPIPE))
 _SIGXFSZ = int(signal.SIGXFSZ)
 TEMPLATE_NAME = b"bdc-sandbox"
 RUN_NAME = b"bdc-sandbox-run"
@@ -232,7 +232,6 @@ def _child(req: dict, vfd: int, live_w: int, prepared: tuple) -> None:
         os.closerange(3, keep[0])
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 1 << 16)
-        sys.stdin, sys.stdout, sys.stderr = stdio  # made in the template, over fds 0-2
         _signal.signal(_SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if req["kind"] == "function":
             run_function(req, vfd)
@@ -282,6 +281,12 @@ def serve(sock: socket.socket, isolation: dict) -> None:
         open(1, "w", closefd=False),  # noqa: SIM115
         open(2, "w", closefd=False),  # noqa: SIM115
     )
+    # a run's sys.std* are these from the start: the same descriptors, which a run points at
+    # its own files (the template never writes to them)
+    sys.stdin, sys.stdout, sys.stderr = stdio
+    # a run inherits the default for both (the template is in a session of its own: no
+    # terminal's Ctrl-C reaches it)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # the harness bound to private globals; held only here (and so, in a run, only by frames,
     # which a program may not read)
     prepared = (stdio, harness, run_function, run_stdio)

@@ -129,8 +129,11 @@ def test_what_the_template_sets_once_every_run_still_has(sandbox):
         "    name = open('/proc/self/stat').read().split('(')[1].split(')')[0]\n"
         "    print('out-marker'); print('err-marker', file=sys.stderr)\n"
         "    fd, path = tempfile.mkstemp(); os.close(fd)\n"
+        "    import signal\n"
+        "    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE]\n"
         "    return [name, os.getcwd(), os.path.realpath(os.path.expanduser('~')),\n"
-        "            os.path.dirname(os.path.realpath(path)), sorted(os.environ)]\n"
+        "            os.path.dirname(os.path.realpath(path)), sorted(os.environ),\n"
+        "            [signal.getsignal(s) == signal.SIG_DFL for s in sigs]]\n"
     )
     seen = []
     for _ in range(2):
@@ -140,7 +143,8 @@ def test_what_the_template_sets_once_every_run_still_has(sandbox):
         got = result.tests[0].feedback
         assert "'bdc-sandbox-run'" in got, got
         start = got.index("got: ") + 5
-        name, cwd, home, tmp, keys = eval(got[start:].splitlines()[0])  # a plain repr
+        name, cwd, home, tmp, keys, default = eval(got[start:].splitlines()[0])  # a plain repr
+        assert default == [True] * 4, default  # none of the template's handlers
         assert home == tmp == cwd and cwd.startswith(str(sandbox.root)), (cwd, home, tmp)
         assert keys == ["HOME", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "TMPDIR"]
         assert result.stdout.strip() == "out-marker" and result.stderr.strip() == "err-marker"
