@@ -298,15 +298,17 @@ class Sandbox:
             except (EOFError, OSError, ValueError):
                 break
             waiter = self._waiters.get(msg.get("id"))
-            if waiter is not None:
-                waiter[1] = msg.get("status")
-                waiter[0].set()
+            if waiter is not None and not waiter[2]:
+                waiter[1], waiter[2] = msg.get("status"), True
+                waiter[0].release()
         # the template died (or was stopped): the next run starts a new one
         with self._send_lock:
             if self._sock is sock:
                 self._gone = True
         for waiter in list(self._waiters.values()):  # wake everyone still waiting
-            waiter[0].set()
+            if not waiter[2]:
+                waiter[2] = True
+                waiter[0].release()
 
     def _alive(self) -> bool:
         # the template's socket reaches EOF when it dies (no wait4 per run to learn that)
@@ -358,7 +360,10 @@ class Sandbox:
         The caller took a slot (_slot), which started the template if need be."""
         rid = secrets.token_hex(8)
         req.update(op="run", id=rid, tmpdir=tmpdir)
-        waiter = [threading.Event(), None]
+        # [a lock held until the template reports the run's end, its status, reported]: a
+        # bare lock, released by the reader thread, is the cheapest one-shot event
+        waiter: list[Any] = [threading.Lock(), None, False]
+        waiter[0].acquire()
         self._waiters[rid] = waiter
         r, w = os.pipe()
         os.set_blocking(r, False)  # only this end: the run's writes never fail with EAGAIN
@@ -381,14 +386,15 @@ class Sandbox:
             self._waiters.pop(rid, None)
             return b"", {"known": False, "error": "the sandbox template is gone"}
         os.close(w)
-        data, timed_out = bytearray(), False
+        data, timed_out, done = bytearray(), False, False
         end = time.monotonic() + deadline_s
         try:
             # most runs end within milliseconds: wait for the template's word that the process
             # ended rather than wake for every verdict line (one per test), and drain the pipe
             # every 50 ms meanwhile so that a run with many verdicts never blocks on it
-            while not waiter[0].wait(min(0.05, max(0.0, end - time.monotonic()))):
-                if time.monotonic() >= end:
+            while True:
+                done = waiter[0].acquire(timeout=min(0.05, max(0.0, end - time.monotonic())))
+                if done or time.monotonic() >= end:
                     break
                 try:
                     while chunk := os.read(r, 65536):
@@ -420,7 +426,8 @@ class Sandbox:
                     send_msg(self._sock, {"op": "kill", "id": rid})
                 except OSError:
                     pass
-        waiter[0].wait(deadline_s + 10 if not timed_out else 15)
+        if not done:
+            waiter[0].acquire(timeout=deadline_s + 10 if not timed_out else 15)
         self._waiters.pop(rid, None)
         info = _exit_info(waiter[1])
         info["timed_out"] = timed_out
