@@ -373,8 +373,10 @@ def main() -> None:
     isolation = {"net_namespace": False, "pid_namespace": False, "root": os.geteuid() == 0}
     isolation["run_dir_cap_mb"] = cap_run_dirs(want.get("run_dirs", []), want.get("run_dir_mb", 64))
     if want.get("drop_privileges"):
-        # runs import as their own uid: the interpreter's modules must be reachable
-        trees = [sys.base_prefix, sys.prefix, *sys.path]
+        # runs import as their own uid: the interpreter's library and the environment's
+        # site-packages must be reachable (not this project's own folder, which runs need not
+        # read)
+        trees = [sys.base_prefix, sys.prefix]
         closed = [t for t in trees if os.path.isdir(t) and _blocked_ancestor(t)]
         isolation["interpreter_exposed"] = (
             expose_interpreter(trees) if closed and isolation["run_dir_cap_mb"] else []
