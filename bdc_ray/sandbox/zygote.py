@@ -133,26 +133,34 @@ def expose_interpreter(paths: list[str]) -> list[str] | None:
         top = _blocked_ancestor(path)
         if top is not None and not any(path.startswith(q + os.sep) for q in blocked.get(top, ())):
             blocked.setdefault(top, []).append(path)
-    exposed = []
+    exposed: list[str] = []
     for top, trees in blocked.items():
         # handles on the real trees, taken before the tmpfs hides them
         fds = [os.open(t, os.O_PATH | os.O_DIRECTORY) for t in trees]
+        mounted: list[str] = []
         try:
             if _libc.mount(
                 b"tmpfs", top.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"
             ):
                 return None
+            mounted.append(top)
             for tree, fd in zip(trees, fds, strict=True):
                 os.makedirs(tree, mode=0o755, exist_ok=True)
                 if _libc.mount(
                     f"/proc/self/fd/{fd}".encode(), tree.encode(), None, MS_BIND | MS_REC, None
                 ):
-                    return None
-                exposed.append(tree)
+                    raise OSError(ctypes.get_errno(), f"bind-mounting {tree}")
+                mounted.append(tree)
             _libc.mount(
                 None, top.encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None
             )
+            exposed += trees
+            mounted.clear()
+        except OSError:
+            return None  # what was mounted goes (below): the folder is as it was
         finally:
+            for path in reversed(mounted):
+                _libc.umount2(path.encode(), MNT_DETACH)
             for fd in fds:
                 os.close(fd)
     return exposed

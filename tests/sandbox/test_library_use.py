@@ -69,3 +69,60 @@ def test_a_closed_folder_holding_the_interpreter_shows_runs_that_tree_only(sandb
         probe, "f", [TestCase("assert", code=f"assert candidate(0) == {shown!r}")]
     )
     assert result.passed, result.tests[0].feedback
+
+
+CLOSED_PROBE = r"""
+import ctypes, json, os, sys
+from bdc_ray.sandbox import zygote
+closed, tree = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(zygote.CLONE_NEWNS) == 0
+assert libc.mount(None, b"/", None, zygote.MS_REC | zygote.MS_PRIVATE, None) == 0
+exposed = zygote.expose_interpreter([tree])
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # a run: its own uid
+    os.setgroups([]); os.setresgid(62099, 62099, 62099); os.setresuid(62099, 62099, 62099)
+    seen = {"listing": sorted(os.listdir(closed))}
+    try:
+        seen["module"] = open(os.path.join(tree, "mod.py")).read()
+    except OSError as e:
+        seen["module"] = repr(e)
+    os.write(w, json.dumps(seen).encode()); os._exit(0)
+os.close(w); os.waitpid(pid, 0)
+print(json.dumps({"exposed": exposed, **json.loads(os.read(r, 65536))}))
+"""
+
+
+def test_a_tree_under_a_closed_folder_is_exposed_to_runs_alone(tmp_path):
+    """The mechanism behind `interpreter_exposed`, on a folder of our own: a run (another
+    uid) cannot enter a 0700 folder; once exposed it reads the tree, and only that tree."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mount namespaces, another uid)")
+    closed = tmp_path / "closed"
+    (closed / "lib" / "tree").mkdir(parents=True)
+    (closed / "lib" / "tree" / "mod.py").write_text("VALUE = 1\n")
+    (closed / "secret.txt").write_text("do not read\n")
+    closed.chmod(0o700)
+    tmp_path.chmod(0o755)
+    tree = str(closed / "lib" / "tree")
+    out = subprocess.run(
+        [sys.executable, "-c", CLOSED_PROBE, str(closed), tree],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0 and "unshare" in out.stderr:
+        pytest.skip("no mount namespaces here")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["exposed"] == [tree]
+    assert got["listing"] == ["lib"]  # secret.txt is hidden, not merely unreadable
+    assert got["module"] == "VALUE = 1\n"
+    assert (closed / "secret.txt").read_text() == "do not read\n"  # the host is untouched
