@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
 
-from actors.agent import create_agent_llm  # noqa: E402
-from actors.executor import create_executor_pool  # noqa: E402
-from actors.tree_manager import TreeManagerActor  # noqa: E402
+from bdc_ray.actors.agent import create_agent_llm  # noqa: E402
+from bdc_ray.actors.executor import create_executor_pool  # noqa: E402
+from bdc_ray.actors.replicas import ReplicaGroup  # noqa: E402
+from bdc_ray.actors.tree_manager import TreeManagerActor  # noqa: E402
 from bdc_ray.boost.prompts import simulate_messages  # noqa: E402
 from bdc_ray.config import AgentConfig, ModelConfig, SearchConfig  # noqa: E402
 from bdc_ray.data import load_humaneval  # noqa: E402
@@ -53,10 +54,10 @@ def engine_efficiency(model: str, n_problems: int, tmp: Path) -> dict:
         slots=1, limits={"test_timeout_s": 1.0, "total_timeout_s": 4.0}, name="bench:pool"
     )
     tm = TreeManagerActor.options(num_cpus=0).remote(
-        [a.model_dump() for a in agents],
-        {a.name: [llm] for a in agents},
+        agents,
+        {a.name: ReplicaGroup.of_handles([llm]) for a in agents},
         pool,
-        search.model_dump(),
+        search,
         0,
     )
     ray.get(llm.info.remote())  # model loaded
@@ -142,7 +143,7 @@ def scaling(sizes: list[int], latency: float, tmp: Path, rollouts: int = 4) -> l
         n_problems = 2 * k  # two trees per actor keep every actor busy
         cfg = search.model_copy(update={"concurrent_trees": n_problems})
         tm = TreeManagerActor.options(num_cpus=0).remote(
-            [agent.model_dump()], {"agent": actors}, checker, cfg.model_dump(), 0
+            [agent], {"agent": ReplicaGroup.of_handles(actors)}, checker, cfg, 0
         )
         problems = [problem_pool[i % len(problem_pool)] for i in range(n_problems)]
         t = time.perf_counter()

@@ -4,7 +4,7 @@ import time
 import pytest
 import ray
 
-from actors.agent import AgentLLM, create_agent_llm
+from bdc_ray.actors.agent import AgentLLM, create_agent_llm
 from bdc_ray.config import ModelConfig
 from bdc_ray.llm.base import Sampling
 

@@ -3,7 +3,7 @@ import time
 
 import ray
 
-from actors.executor import create_executor_pool
+from bdc_ray.actors.executor import create_executor_pool
 from bdc_ray.data import load_humaneval
 
 

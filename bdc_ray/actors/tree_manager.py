@@ -1,7 +1,7 @@
 """TreeManager: runs many problems' MC-Tree-Of-Agents searches at once on Ray.
 
-Trees are asyncio tasks in one actor; their model calls go to the AgentLLM actors of each
-agent's model (round robin over replicas), where concurrent calls from different trees are
+Trees are asyncio tasks in one actor; their model calls go to the replica group of each
+agent's model (:class:`bdc_ray.actors.replicas.ReplicaGroup`, round robin), where concurrent calls from different trees are
 batched into one generate call; their programs go to the ExecutorPool. Each finished problem
 is written to the run directory at once (one parquet file per problem), so an interrupted run
 loses only the trees in flight. A tree that raises is recorded with its error.
@@ -10,7 +10,6 @@ loses only the trees in flight. A tree that raises is recorded with its error.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import time
@@ -25,6 +24,8 @@ from bdc_ray.boost.search import MCTS
 from bdc_ray.config import AgentConfig, SearchConfig
 from bdc_ray.data.problems import Problem
 from bdc_ray.llm.base import Completion, Prompt, Sampling
+
+from .replicas import ReplicaGroup
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,13 @@ def empty_progress() -> dict[str, int]:
 
 
 class _RayLLM:
-    def __init__(self, agent_models: dict[str, list[Any]]) -> None:
-        self.cycles = {a: itertools.cycle(handles) for a, handles in agent_models.items()}
+    def __init__(self, agent_models: dict[str, ReplicaGroup]) -> None:
+        self.groups = agent_models
 
     async def generate(
         self, agent: str, prompts: list[Prompt], sampling: Sampling
     ) -> list[Completion]:
-        return await next(self.cycles[agent]).generate.remote(prompts, sampling)
+        return await self.groups[agent].call("generate", prompts, sampling)
 
 
 class _RayChecker:
@@ -59,19 +60,24 @@ class _RayChecker:
         return await self.pool.check.remote(program, problem, tests)
 
 
+def _plain(cfg: Any) -> Any:
+    return cfg.model_dump() if hasattr(cfg, "model_dump") else cfg
+
+
 class TreeManager:
     def __init__(
         self,
-        agents: list[dict[str, Any]],
-        agent_models: dict[str, list[Any]],
+        agents: list[AgentConfig],
+        agent_models: dict[str, ReplicaGroup],
         executor: Any,
-        search: dict[str, Any],
+        search: SearchConfig,
         seed: int = 0,
         fingerprint: str = "",
     ) -> None:
         self.fingerprint = fingerprint  # of the config a trace was made with: reruns compare it
-        self.agents = [AgentConfig.model_validate(a) for a in agents]
-        self.search = SearchConfig.model_validate(search)
+        # validated again on arrival: the configs crossed a process boundary as pickles
+        self.agents = [AgentConfig.model_validate(_plain(a)) for a in agents]
+        self.search = SearchConfig.model_validate(_plain(search))
         self.llm = _RayLLM(agent_models)
         self.checker = _RayChecker(executor)
         self.seed = seed

@@ -10,20 +10,27 @@ the actor, and beyond that Ray queues callers (back-pressure instead of unbounde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import ray
 
+from bdc_ray.config import EvalConfig
 from bdc_ray.data.problems import Problem, TestCase
 from bdc_ray.sandbox import CheckResult, Limits, Sandbox
 
 
 class ExecutorPool:
-    def __init__(self, slots: int | None = None, limits: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, slots: int | None = None, limits: Limits | dict[str, Any] | None = None
+    ) -> None:
         self.slots = slots or max(1, os.cpu_count() or 1)
-        self.sandbox = Sandbox(concurrency=self.slots, limits=Limits(**(limits or {})))
+        # rebuilt on arrival, so a limits object from another version of the class fails here
+        given = asdict(limits) if isinstance(limits, Limits) else dict(limits or {})
+        self.sandbox = Sandbox(concurrency=self.slots, limits=Limits(**given))
         self._gate: asyncio.Semaphore | None = None
         self.done = 0
 
@@ -57,7 +64,7 @@ ExecutorPoolActor = ray.remote(ExecutorPool)
 
 def create_executor_pool(
     slots: int | None = None,
-    limits: dict[str, Any] | None = None,
+    limits: Limits | dict[str, Any] | None = None,
     name: str = "bdc:executor",
     max_pending: int = 256,
     max_restarts: int = 3,
@@ -89,15 +96,25 @@ def create_executor_pool(
     return pool
 
 
-def executor_pool_for(eval_cfg: Any, name: str = "bdc:executor") -> Any:
-    """The pool an evaluation config asks for (:class:`bdc_ray.config.EvalConfig`); methods
-    evaluated at once each name their own, so one finishing does not end another's."""
+def executor_pool_for(eval_cfg: EvalConfig, name: str = "bdc:executor") -> Any:
+    """The pool an evaluation config asks for; methods evaluated at once each name their own,
+    so one finishing does not end another's."""
     return create_executor_pool(
         slots=eval_cfg.workers,
         num_cpus=eval_cfg.executor_cpus,
-        limits={"test_timeout_s": eval_cfg.timeout_s, "total_timeout_s": eval_cfg.timeout_s * 4},
+        limits=Limits(test_timeout_s=eval_cfg.timeout_s, total_timeout_s=eval_cfg.timeout_s * 4),
         name=name,
     )
+
+
+@contextlib.contextmanager
+def executor_pool(eval_cfg: EvalConfig, name: str = "bdc:executor") -> Iterator[Any]:
+    """:func:`executor_pool_for` that is stopped when the block ends, however it ends."""
+    pool = executor_pool_for(eval_cfg, name)
+    try:
+        yield pool
+    finally:
+        ray.kill(pool)
 
 
 def pool_scorer(pool: Any):

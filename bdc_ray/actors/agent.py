@@ -37,8 +37,11 @@ def _batch_key(sampling: Sampling) -> Sampling:
 class AgentLLM:
     """The actor's body, kept a plain class so tests can drive it without Ray."""
 
-    def __init__(self, model_cfg: dict[str, Any], name: str = "agent") -> None:
-        self.cfg = ModelConfig.model_validate(model_cfg)
+    def __init__(self, model_cfg: ModelConfig | dict[str, Any], name: str = "agent") -> None:
+        # validated again on arrival: the config crossed a process boundary as a pickle
+        self.cfg = ModelConfig.model_validate(
+            model_cfg.model_dump() if isinstance(model_cfg, ModelConfig) else model_cfg
+        )
         self.name = name
         start = time.perf_counter()
         self.backend = make_backend(self.cfg)
@@ -138,16 +141,22 @@ class AgentLLM:
 AgentLLMActor = ray.remote(AgentLLM)
 
 
-def create_agent_llm(model_cfg: ModelConfig, name: str, namespace_prefix: str = "bdc") -> Any:
-    """Start (or reuse, if a live one has this name) an AgentLLM actor for one model replica."""
+def agent_llm_options(model_cfg: ModelConfig) -> dict[str, Any]:
+    """Ray actor options of one replica: resources, restarts and retries from its config."""
     resources: dict[str, Any] = dict(num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus)
     if model_cfg.backend == "vllm" and model_cfg.num_gpus == 0:
         resources["num_gpus"] = 1  # vLLM cannot run without a GPU
-    return AgentLLMActor.options(
-        name=f"{namespace_prefix}:llm:{name}",
-        get_if_exists=True,
+    return dict(
         max_restarts=model_cfg.max_restarts,
         max_task_retries=model_cfg.max_task_retries,
         max_concurrency=1000,
         **resources,
-    ).remote(model_cfg.model_dump(mode="json"), name)
+    )
+
+
+def create_agent_llm(model_cfg: ModelConfig, name: str, namespace_prefix: str = "bdc") -> Any:
+    """Start (or reuse, if a live one has this name) one AgentLLM actor; groups of replicas
+    are :class:`bdc_ray.actors.replicas.ReplicaGroup`."""
+    return AgentLLMActor.options(
+        name=f"{namespace_prefix}:llm:{name}", get_if_exists=True, **agent_llm_options(model_cfg)
+    ).remote(model_cfg, name)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import ModelConfig
 
-def customized_generate(run_dir: str, prompts: list, sampling: Any, model_cfg: dict) -> list:
+
+def customized_generate(run_dir: str, prompts: list, sampling: Any, model_cfg: ModelConfig) -> list:
     """Completions in prompt order, each with `meta["gates"]` (run with `ray.remote`)."""
-    from bdc_ray.customize.solver import CustomizedSolver
+    from ..customize.solver import CustomizedSolver
 
+    cfg = ModelConfig.model_validate(model_cfg.model_dump())  # validated again on arrival
     solver = CustomizedSolver(
-        run_dir,
-        dtype=model_cfg["dtype"],
-        max_batch_size=model_cfg["max_batch_size"],
-        num_threads=model_cfg["num_threads"],
+        run_dir, dtype=cfg.dtype, max_batch_size=cfg.max_batch_size, num_threads=cfg.num_threads
     )
     return solver.generate(prompts, sampling)
