@@ -68,7 +68,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         e = ExpertsConfig(
             batch_size=args.batch, max_seq_len=args.seq, dtype=dtype, checkpoint_every=10_000
-        ).model_dump()
+        )
         # the plain loop first (it also warms CUDA up for everyone)
         spec = ExpertSpec("plain", args.model, rows, str(tmp / f"plain-{dtype}"), e, seed=0)
         plain = train_single_process(spec, write=False)
@@ -79,7 +79,7 @@ def main() -> None:
         )
         out[f"plain_{dtype}_tokens_per_s"] = plain["tokens_per_s"]
         for stage in args.stages:
-            e_ds = {**e, "zero_stage": stage}
+            e_ds = e.model_copy(update={"zero_stage": stage})
             spec = ExpertSpec(f"z{stage}", args.model, rows, str(tmp / f"z{stage}-{dtype}"), e_ds)
             calls = []
             t = ExpertTraining(spec)

@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--model smollm2-135m-instruct] [--steps 12] [--repeats 3] [--experts 2]
 
-1. The same LoRA (SPEC defaults: r 8, alpha 16, q_proj/v_proj) on the same examples (HumanEval
+1. The same LoRA (the method's defaults (docs/method.md): r 8, alpha 16, q_proj/v_proj) on the same examples (HumanEval
    reference answers in the shared chat template), batch and sequence length, two ways in one run:
    Ray Train `TorchTrainer` with one worker running DeepSpeed (ZeRO-2, gloo), and a plain
    single-process peft + torch loop. Tokens/s count the padded batch's real tokens over the
@@ -35,7 +35,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "jobs"))
 
 import ray  # noqa: E402
 
@@ -74,7 +73,7 @@ def settle(limit_s: float = 60.0) -> None:
 
 
 def fit(cfg: Config, spec: ExpertSpec, storage: Path, name: str) -> tuple[dict, float]:
-    from train_experts import make_trainer
+    from bdc_ray.pipeline.experts import make_trainer
 
     t0 = time.perf_counter()
     make_trainer(cfg, spec, storage, name).fit()
@@ -140,7 +139,7 @@ def main() -> None:
 
     # 1. one expert, the same work both ways; the ways alternate so drift hits both
     cfg = config(args.model, args.steps, args.batch, args.seq, float(cpus))
-    e = cfg.experts.model_dump()
+    e = cfg.experts
     ray_runs, single_runs = [], []
     for rep in range(args.repeats):
         spec = ExpertSpec("bench", model, examples, str(tmp / f"ray{rep}"), e, seed=0)
@@ -185,7 +184,7 @@ def main() -> None:
 
     # 2. K experts: concurrently vs one after another (1 CPU per worker, so K fit side by side)
     kcfg = config(args.model, args.expert_steps, args.batch, args.seq, 1.0)
-    ke = kcfg.experts.model_dump()
+    ke = kcfg.experts
     n = args.expert_steps * args.batch
     groups = [examples[i * n : (i + 1) * n] or examples[:n] for i in range(args.experts)]
 

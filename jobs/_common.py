@@ -1,4 +1,5 @@
-"""What every job shares: argument parsing, config loading, connecting to Ray."""
+"""What every job shares: argument parsing, config loading, starting or joining Ray, and turning
+a user's mistake into one line and exit code 2. The stages themselves are bdc_ray.pipeline."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ from bdc_ray.config import Config, ConfigError, load_config, save_config  # noqa
 log = logging.getLogger("bdc_ray.jobs")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def parser(description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=description,
+        epilog=(epilog + "\n\n" if epilog else "")
+        + "every config key, its default and meaning: configs/README.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"), help="YAML config")
     p.add_argument(
         "--run-dir", default=os.environ.get("RUN_DIR", "runs/demo"), help="run directory"
@@ -91,6 +97,19 @@ def advertise_local_cluster(ctx) -> None:
         log.warning("could not record the local Ray address: %s", e)
 
 
+def wait_forever() -> None:
+    """Keep a serving job alive until interrupted, then shut Serve down."""
+    import time
+
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
 def run_main(main, argv: list[str] | None = None):
     """Run a job's main; a mistake in the user's input (data file, examples, experts, model)
     ends the job with one line naming it and exit code 2, not a traceback. Outputs already
@@ -100,9 +119,13 @@ def run_main(main, argv: list[str] | None = None):
     from bdc_ray.disentangle.cluster import ClusterError
     from bdc_ray.disentangle.examples import ExampleError
     from bdc_ray.llm.models import ModelNotFoundError
+    from bdc_ray.pipeline.methods import UnknownMethod
+    from bdc_ray.pipeline.stages import StageInputError
 
+    user_errors = (ExampleError, ClusterError, AdapterMismatch, ProblemLoadError,
+                   ModelNotFoundError, StageInputError, UnknownMethod)  # fmt: skip
     try:
         return main(argv)
-    except (ExampleError, ClusterError, AdapterMismatch, ProblemLoadError, ModelNotFoundError) as e:
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

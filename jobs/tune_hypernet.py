@@ -1,224 +1,26 @@
-"""Customize: search the hypernetwork's settings with Ray Tune (ASHA on validation loss) and keep
-the best trial's hypernetwork.
+"""Customize: search the hypernetwork's settings with Ray Tune and keep the best (stage
+`hypernet`).
 
     python jobs/tune_hypernet.py --config configs/local.yaml --run-dir runs/demo
 
-Reads RUN_DIR/clusters/ (examples, centroids) and the cluster experts in RUN_DIR/experts/.
-Each trial freezes the base model and the experts (a gated mixture of them), trains only the
-hypernetwork on the examples' response tokens, and reports validation loss per epoch with a
-checkpoint. Searched: hidden size, lr, tau, weight decay, adapted layers (all / first third /
-last third). Writes RUN_DIR/hypernet/ (hypernet.pt, hypernet.json, tune_results.csv) and
-RUN_DIR/plots/tune.png. Skipped when the hypernetwork exists for the same experts and config.
+Reads RUN_DIR/clusters/ and the cluster experts in RUN_DIR/experts/; writes RUN_DIR/hypernet/
+and RUN_DIR/plots/tune.png. The stage itself: bdc_ray/pipeline/hypernet.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import _common  # noqa: F401  (puts the project on sys.path)
-from _common import init_ray, load, log, parser, run_main
+from _common import init_ray, load, parser, run_main
 
-from bdc_ray.config import Config
-from bdc_ray.rundir import RunDir, atomic_write_text, read_jsonl
-
-
-def cluster_experts(run: RunDir) -> dict[str, Path]:
-    root = run.root / "experts"
-    found = [p for p in root.glob("cluster_*") if (p / "adapter_config.json").is_file()]
-    if not found:
-        raise SystemExit(f"error: no cluster experts in {root}: run jobs/train_experts.py first")
-    return {p.name: p for p in sorted(found, key=lambda p: int(p.name.rsplit("_", 1)[1]))}
-
-
-def fingerprint(cfg: Config, experts: dict[str, Path]) -> str:
-    h = hashlib.sha256(cfg.fingerprint("hypernet", "cluster", "seed").encode())
-    for name, p in experts.items():
-        h.update(name.encode())
-        h.update(hashlib.sha256((p / "adapter_model.safetensors").read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def prepare(cfg: Config, run: RunDir, experts: dict[str, Path]) -> dict:
-    """What every trial shares: examples, their hypernetwork features, groups, paths."""
-    import numpy as np
-
-    from bdc_ray.customize.hypernet import features
-    from bdc_ray.disentangle.embed import embed_texts, load_encoder
-    from bdc_ray.disentangle.examples import prompt_text
-    from bdc_ray.llm.models import resolve_model
-
-    examples = read_jsonl(run.root / "clusters" / "examples.jsonl")
-    centroids = np.load(run.root / "clusters" / "centroids.npy")
-    if len(centroids) != len(experts):
-        raise SystemExit(
-            f"error: {len(centroids)} centroids but {len(experts)} cluster experts; rerun "
-            "jobs/train_experts.py"
-        )
-    emb = embed_texts(load_encoder(cfg.cluster.encoder), [prompt_text(e) for e in examples])
-    spec = cfg.models[cfg.base_model].path
-    return {
-        "examples": examples,
-        "features": features(emb, centroids).numpy(),
-        "groups": [e.get("problem_id") or e["id"] for e in examples],
-        "experts": {k: str(v.resolve()) for k, v in experts.items()},
-        "base_model": str(resolve_model(spec)),
-        "base_model_spec": spec,
-        "encoder": cfg.cluster.encoder,
-        "settings": cfg.hypernet.model_dump(exclude={"tune"}),
-        "seed": cfg.seed,
-    }
-
-
-def search_space(cfg: Config) -> dict:
-    from ray import tune
-
-    t, h = cfg.hypernet.tune, cfg.hypernet
-    if not t.enabled:
-        return {
-            "hidden": h.hidden,
-            "lr": h.lr,
-            "tau": h.tau,
-            "weight_decay": h.weight_decay,
-            "layers": h.layers,
-        }
-    return {
-        "hidden": tune.choice(t.hidden),
-        "lr": tune.loguniform(*t.lr),
-        "tau": tune.uniform(*t.tau),
-        "weight_decay": tune.uniform(*t.weight_decay),
-        "layers": tune.choice(t.layers),
-    }
-
-
-def tune_hypernet(cfg: Config, run: RunDir) -> dict:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    experts = cluster_experts(run)
-    fp = fingerprint(cfg, experts)
-    out = run.root / "hypernet"
-    meta_path = out / "hypernet.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
-        log.info("hypernet: trained for these experts and config, skipped")
-        return json.loads((out / "summary.json").read_text())
-    start = time.perf_counter()
-    data = prepare(cfg, run, experts)
-    t = cfg.hypernet.tune
-    samples = t.num_samples if t.enabled else 1
-    from bdc_ray.customize.tune import trial
-
-    tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(trial, data=data),
-            {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
-        ),
-        param_space=search_space(cfg),
-        tune_config=tune.TuneConfig(
-            metric="val_loss",
-            mode="min",
-            scheduler=ASHAScheduler(
-                max_t=cfg.hypernet.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"
-            ),
-            num_samples=samples,
-            max_concurrent_trials=t.max_concurrent,
-        ),
-        run_config=tune.RunConfig(
-            name=f"hypernet-{fp}",
-            storage_path=str((out / ".tune").resolve()),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
-            ),
-            verbose=0,
-        ),
-    )
-    results = tuner.fit()
-    errors = [str(r.error) for r in results if r.error]
-    ok = [r for r in results if r.error is None and r.checkpoint is not None]
-    if not ok:
-        raise RuntimeError(f"every hypernetwork trial failed: {errors[:2]}")
-    best = results.get_best_result(metric="val_loss", mode="min", scope="all")
-    ckpt = best.get_best_checkpoint(metric="val_loss", mode="min")
-    tmp = Path(tempfile.mkdtemp(prefix=".hypernet.", dir=run.root))
-    with ckpt.as_directory() as d:
-        shutil.copytree(d, tmp, dirs_exist_ok=True)
-    best_meta = json.loads((tmp / "hypernet.json").read_text())
-    best_meta.update({"fingerprint": fp, "tune_config": best.config})
-    (tmp / "hypernet.json").write_text(json.dumps(best_meta, indent=1))
-    table = results.get_dataframe(filter_metric="val_loss", filter_mode="min")
-    keep = [
-        c
-        for c in table.columns
-        if c.startswith("config/") or c in ("val_loss", "best_val_loss", "epoch", "trial_id")
-    ]
-    table[keep].sort_values("val_loss").to_csv(tmp / "tune_results.csv", index=False)
-    curves = {
-        r.path: (r.config, r.metrics_dataframe) for r in results if r.metrics_dataframe is not None
-    }
-    _plot_curves(curves, run.root / "plots" / "tune.png")
-    best_val = float(best.metrics["best_val_loss"])
-    summary = {
-        "best_config": best.config,
-        "best_val_loss": best_val,
-        "mean_experts_val_loss": _start_val(results),
-        "trials": len(results),
-        "failed_trials": len(errors),
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-    if out.exists():
-        for child in out.iterdir():  # keep Tune's own folder (.tune) and replace the rest
-            if child.name != ".tune":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    for child in tmp.iterdir():
-        shutil.move(str(child), out / child.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-    log.info("hypernet: best %s, val loss %.4f", best.config, best_val)
-    return summary
-
-
-def _start_val(results) -> float | None:
-    """Validation loss at epoch 0 (uniform gates: the experts' mean), from any trial."""
-    for r in results:
-        df = r.metrics_dataframe
-        if df is not None and "start_val_loss" in df:
-            return float(df["start_val_loss"].iloc[0])
-    return None
-
-
-def _plot_curves(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for config, df in curves.values():
-        if "val_loss" not in df:
-            continue
-        label = (
-            f"h{config['hidden']} lr{config['lr']:.1e} tau{config['tau']:.2f} {config['layers']}"
-        )
-        ax.plot(df["epoch"], df["val_loss"], marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Ray Tune trials (ASHA)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+from bdc_ray.pipeline.hypernet import tune_hypernet
+from bdc_ray.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__.splitlines()[1]).parse_args(argv)
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
     cfg = load(args)
     run = RunDir(args.run_dir)
     init_ray(cfg)

@@ -1,6 +1,4 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -56,11 +54,12 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ctx = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-        from _common import advertise_local_cluster
+        from ray._private.utils import write_ray_address
 
-        advertise_local_cluster(ctx)
+        ctx = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # as `ray start` would: Ray's helpers that look the cluster up (Ray Train's
+        # placement-group cleaner) then find this one, not a stale address
+        write_ray_address(ctx.address_info["gcs_address"])
     yield ray
     ray.shutdown()
 

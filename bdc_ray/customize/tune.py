@@ -1,12 +1,36 @@
-"""The Ray Tune trainable of the hypernetwork search (jobs/tune_hypernet.py drives it). A
+"""The Ray Tune trainable of the hypernetwork search (bdc_ray/pipeline/hypernet.py drives it). A
 function of its config and the shared data; it never starts Ray."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import HypernetConfig
 
 
-def trial(config: dict, data: dict) -> None:
+@dataclass(frozen=True)
+class TrialData:
+    """What every trial shares; Tune hands one copy to each trial's process."""
+
+    examples: list[dict[str, Any]]  # rows with `messages` and `response`
+    features: Any  # numpy (n, d): the hypernetwork's input of each example's prompt
+    groups: list[str]  # problem of each example: the validation split keeps problems apart
+    experts: dict[str, str]  # cluster expert name -> adapter folder
+    base_model: str  # resolved folder of the base model
+    base_model_spec: str  # what the config named (recorded with the hypernetwork)
+    encoder: str
+    settings: HypernetConfig
+    seed: int = 0
+
+    def trial_settings(self, config: dict[str, Any]) -> HypernetConfig:
+        """This trial's settings: the searched values over the configured ones, validated
+        again here (a value Tune sampled outside a field's bounds fails the trial by name)."""
+        return HypernetConfig.model_validate({**self.settings.model_dump(), **config})
+
+
+def trial(config: dict, data: TrialData) -> None:
     """One Tune trial: a hypernetwork with these settings, trained on the frozen mixture."""
     import os
 
@@ -14,41 +38,41 @@ def trial(config: dict, data: dict) -> None:
     from ray import tune
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bdc_ray.customize.hypernet import HyperNetwork
-    from bdc_ray.customize.mixture import inject_mixture, layer_selection
-    from bdc_ray.customize.train import train_hypernet
-    from bdc_ray.disentangle.train import tokenize_example
+    from ..disentangle.train import tokenize_example
+    from .hypernet import HyperNetwork
+    from .mixture import inject_mixture, layer_selection
+    from .train import train_hypernet
 
     torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
-    torch.manual_seed(data["seed"])
-    s = data["settings"]
-    tok = AutoTokenizer.from_pretrained(data["base_model"])
+    torch.manual_seed(data.seed)
+    s = data.trial_settings(config)
+    tok = AutoTokenizer.from_pretrained(data.base_model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows, keep = [], []
-    for i, ex in enumerate(data["examples"]):
-        row = tokenize_example(tok, ex["messages"], ex["response"], s["max_seq_len"])
+    for i, ex in enumerate(data.examples):
+        row = tokenize_example(tok, ex["messages"], ex["response"], s.max_seq_len)
         if row is not None:
             rows.append(row)
             keep.append(i)
-    feats = torch.as_tensor(data["features"][keep])
-    groups = [data["groups"][i] for i in keep]
+    feats = torch.as_tensor(data.features[keep])
+    groups = [data.groups[i] for i in keep]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(data["base_model"]).to(device)
-    mix = inject_mixture(model, data["experts"], data["base_model"])
-    wanted = layer_selection(model.config.num_hidden_layers, config["layers"])
+    model = AutoModelForCausalLM.from_pretrained(data.base_model).to(device)
+    mix = inject_mixture(model, data.experts, data.base_model)
+    wanted = layer_selection(model.config.num_hidden_layers, s.layers)
     active = [i for i, layer in enumerate(mix.layers) if layer in wanted]
     hyper = HyperNetwork(
-        feats.shape[1], active, len(mix.modules), mix.k, mix.r, config["hidden"], config["tau"]
+        feats.shape[1], active, len(mix.modules), mix.k, mix.r, s.hidden, s.tau
     ).to(device)
     meta = {
-        "base_model": data["base_model"],
-        "base_model_spec": data["base_model_spec"],
+        "base_model": data.base_model,
+        "base_model_spec": data.base_model_spec,
         "experts": mix.experts,
         "modules": mix.modules,
-        "encoder": data["encoder"],
-        "layers": config["layers"],
-        "lr": config["lr"],
-        "weight_decay": config["weight_decay"],
+        "encoder": data.encoder,
+        "layers": s.layers,
+        "lr": s.lr,
+        "weight_decay": s.weight_decay,
     }
 
     def report(metrics: dict, net: HyperNetwork) -> None:
@@ -63,12 +87,12 @@ def trial(config: dict, data: dict) -> None:
         feats,
         groups,
         pad,
-        lr=config["lr"],
-        weight_decay=config["weight_decay"],
-        epochs=s["epochs"],
-        batch_size=s["batch_size"],
-        val_fraction=s["val_fraction"],
-        patience=s["patience"],
-        seed=data["seed"],
+        lr=s.lr,
+        weight_decay=s.weight_decay,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        val_fraction=s.val_fraction,
+        patience=s.patience,
+        seed=data.seed,
         on_epoch=report,
     )

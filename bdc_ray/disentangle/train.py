@@ -1,4 +1,4 @@
-"""Training one LoRA expert (SPEC.md section 3): peft LoRA on the base model, loss on response
+"""Training one LoRA expert (docs/method.md#disentangle-disenlora): peft LoRA on the base model, loss on response
 tokens only, the shared chat template, DeepSpeed for the optimiser step (ZeRO stage by config).
 
 `ExpertTraining` is the loop itself and needs no Ray: Ray Train runs it through
@@ -8,6 +8,8 @@ tokens only, the shared chat template, DeepSpeed for the optimiser step (ZeRO st
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -16,27 +18,38 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..config import ExpertsConfig
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of tokens that carry no loss (prompt and padding)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExpertSpec:
-    """Everything one expert's training needs; plain data so it travels in Ray Train's config."""
+    """Everything one expert's training needs; it travels in Ray Train's loop config."""
 
     name: str
     model_path: str
     examples: list[dict[str, Any]]  # rows with `messages` and `response`
     out_dir: str
-    experts: dict[str, Any]  # ExpertsConfig.model_dump()
+    experts: ExpertsConfig
     seed: int = 0
     fingerprint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # validated on construction and again on arrival (`arrived`): a dict, or a config
+        # pickled by another process, becomes a checked ExpertsConfig
+        raw = self.experts.model_dump() if hasattr(self.experts, "model_dump") else self.experts
+        object.__setattr__(self, "experts", ExpertsConfig.model_validate(raw))
+
+    def arrived(self) -> ExpertSpec:
+        return dataclasses.replace(self)
 
 
 # ---------------------------------------------------------------- data
@@ -132,47 +145,47 @@ def epoch_batches(
 # ---------------------------------------------------------------- model
 
 
-def lora_config(experts: dict[str, Any]):
+def lora_config(experts: ExpertsConfig):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=experts["r"],
-        lora_alpha=experts["alpha"],
-        lora_dropout=experts["dropout"],
-        target_modules=list(experts["target_modules"]),
+        r=experts.r,
+        lora_alpha=experts.alpha,
+        lora_dropout=experts.dropout,
+        target_modules=list(experts.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def build_lora_model(model_path: str, experts: dict[str, Any], seed: int = 0):
+def build_lora_model(model_path: str, experts: ExpertsConfig, seed: int = 0):
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)  # LoRA A's init: the same expert from the same seed
-    dtype = torch.bfloat16 if experts.get("dtype") == "bfloat16" else torch.float32
+    dtype = torch.bfloat16 if experts.dtype == "bfloat16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model.config.use_cache = False
     return get_peft_model(model, lora_config(experts))
 
 
-def deepspeed_config(experts: dict[str, Any], world: int) -> dict[str, Any]:
+def deepspeed_config(experts: ExpertsConfig, world: int) -> dict[str, Any]:
     """A standard DeepSpeed JSON config. The optimiser (torch AdamW) and the linear schedule
     are handed to `deepspeed.initialize` as client objects: DeepSpeed's own Adam builds a C++/CUDA
     op, which costs minutes on a CPU-only machine and buys nothing for a LoRA's few parameters."""
     cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": experts["batch_size"],
+        "train_micro_batch_size_per_gpu": experts.batch_size,
         "gradient_accumulation_steps": 1,
-        "train_batch_size": experts["batch_size"] * world,
-        "zero_optimization": {"stage": experts["zero_stage"]},
+        "train_batch_size": experts.batch_size * world,
+        "zero_optimization": {"stage": experts.zero_stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    if experts.get("grad_clip"):
-        cfg["gradient_clipping"] = experts["grad_clip"]
-    if experts.get("dtype") == "bfloat16":
+    if experts.grad_clip:
+        cfg["gradient_clipping"] = experts.grad_clip
+    if experts.dtype == "bfloat16":
         cfg["bf16"] = {"enabled": True}
     return cfg
 
@@ -230,11 +243,11 @@ def linear_schedule(optimizer: Any, total_steps: int, warmup_ratio: float):
     )
 
 
-def _optimizer(model: Any, experts: dict[str, Any]):
+def _optimizer(model: Any, experts: ExpertsConfig):
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=experts["lr"], weight_decay=experts.get("weight_decay", 0))
+    return torch.optim.AdamW(params, lr=experts.lr, weight_decay=experts.weight_decay)
 
 
 # ---------------------------------------------------------------- the loop
@@ -255,63 +268,79 @@ class ExpertTraining:
         resume_dir: str | None = None,
         checkpoint: Callable[[int, dict[str, Any], Callable[[str], None]], None] | None = None,
     ) -> dict[str, Any]:
+        engine, rows, pad_id, total = self._setup()
+        state = self._resume(engine, resume_dir, total)
+        start_step = state["step"]
+
+        def save(path: str) -> None:
+            engine.save_checkpoint(path, tag="state", client_state=dict(state),
+                                   exclude_frozen_parameters=True)  # fmt: skip
+
+        self.started_at = time.time()
+        t_start = time.perf_counter()
+        self._steps(engine, rows, pad_id, total, state, save, checkpoint)
+        wall = time.perf_counter() - t_start
+        self.model = engine.module  # the trained peft model (tests compare it with the saved one)
+        ran = state["step"] - start_step
+        return self._finish(engine, state["history"], total, wall, state["resumed_from"], ran)
+
+    def _setup(self) -> tuple[Any, list[dict], int, int]:
+        """Tokenised examples, the LoRA model and its DeepSpeed engine; the number of steps."""
         import deepspeed
-        import torch
-        import torch.distributed as dist
         from transformers import AutoTokenizer
 
         spec, e = self.spec, self.e
         tok = AutoTokenizer.from_pretrained(spec.model_path)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        rows = tokenize_examples(tok, spec.examples, e["max_seq_len"])
+        rows = tokenize_examples(tok, spec.examples, e.max_seq_len)
         self.used = len(rows)
-        per_epoch = steps_per_epoch(len(rows), e["batch_size"], self.world)
-        total = per_epoch * e["epochs"]
+        self.per_epoch = steps_per_epoch(len(rows), e.batch_size, self.world)
+        total = self.per_epoch * e.epochs
         model = build_lora_model(spec.model_path, e, spec.seed)
         optimizer = _optimizer(model, e)
-        scheduler = linear_schedule(optimizer, total, e.get("warmup_ratio", 0.0))
+        self.scheduler = linear_schedule(optimizer, total, e.warmup_ratio)
         init_process_group()
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
-            lr_scheduler=scheduler,
+            lr_scheduler=self.scheduler,
             config=deepspeed_config(e, self.world),
         )
-        history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "step_s": []}
-        start_step, resumed_from = 0, []
+        return engine, rows, pad_id, total
+
+    def _resume(self, engine: Any, resume_dir: str | None, total: int) -> dict[str, Any]:
+        """The step, history and resume record to continue from (a fresh start without a
+        checkpoint); the engine's weights and optimiser are restored in place."""
+        state: dict[str, Any] = {
+            "step": 0,
+            "history": {"loss": [], "lr": [], "tokens": [], "step_s": []},
+            "resumed_from": [],
+        }
         if resume_dir:
             _, client = engine.load_checkpoint(
                 resume_dir, load_module_strict=False, load_optimizer_states=True
             )
             if client:
-                start_step = int(client["step"])
-                history = client["history"]
-                resumed_from = [*client.get("resumed_from", []), start_step]
-                log.info("expert %s: resumed at step %d of %d", spec.name, start_step, total)
-        device = engine.device
+                step = int(client["step"])
+                state = {"step": step, "history": client["history"],
+                         "resumed_from": [*client.get("resumed_from", []), step]}  # fmt: skip
+                log.info("expert %s: resumed at step %d of %d", self.spec.name, step, total)
+        return state
 
-        def save(path: str) -> None:
-            engine.save_checkpoint(
-                path,
-                tag="state",
-                client_state={"step": step, "history": history, "resumed_from": resumed_from},
-                exclude_frozen_parameters=True,
-            )
+    def _steps(self, engine, rows, pad_id, total, state, save, checkpoint) -> None:
+        """The remaining steps from `state["step"]`, updating `state` as they go."""
+        import torch
+        import torch.distributed as dist
 
+        e, history, per_epoch = self.e, state["history"], self.per_epoch
         engine.train()
-        step = start_step
-        self.started_at = time.time()
-        t_start = time.perf_counter()
-        for epoch in range(start_step // per_epoch, e["epochs"]):
-            batches = epoch_batches(
-                len(rows), e["batch_size"], self.rank, self.world, spec.seed, epoch
-            )
-            for i in range(step - epoch * per_epoch, per_epoch):
+        for epoch in range(state["step"] // per_epoch, e.epochs):
+            batches = epoch_batches(len(rows), e.batch_size, self.rank, self.world,
+                                    self.spec.seed, epoch)  # fmt: skip
+            for i in range(state["step"] - epoch * per_epoch, per_epoch):
                 t0 = time.perf_counter()
-                batch = {
-                    k: v.to(device)
-                    for k, v in collate([rows[j] for j in batches[i]], pad_id).items()
-                }
+                batch = collate([rows[j] for j in batches[i]], pad_id)
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
                 out = engine(**batch)
                 engine.backward(out.loss)
                 engine.step()
@@ -322,16 +351,14 @@ class ExpertTraining:
                 if self.world > 1:  # mean loss, total tokens over workers
                     dist.all_reduce(stats)
                     stats[0] /= self.world
-                step += 1
+                state["step"] += 1
                 history["loss"].append(round(float(stats[0]), 5))
                 history["tokens"].append(int(stats[1]))
-                history["lr"].append(scheduler.get_last_lr()[0])
+                history["lr"].append(self.scheduler.get_last_lr()[0])
                 history["step_s"].append(round(time.perf_counter() - t0, 4))
-                if checkpoint and (step % e["checkpoint_every"] == 0 or step == total):
+                step = state["step"]
+                if checkpoint and (step % e.checkpoint_every == 0 or step == total):
                     checkpoint(step, {"step": step, "loss": history["loss"][-1]}, save)
-        wall = time.perf_counter() - t_start
-        self.model = engine.module  # the trained peft model (tests compare it with the saved one)
-        return self._finish(engine, history, total, wall, resumed_from, step - start_step)
 
     def _finish(
         self, engine: Any, history: dict, total: int, wall: float, resumed: list, ran: int
@@ -343,8 +370,8 @@ class ExpertTraining:
         # ZeRO-3 partitions parameters: gather the adapter's before saving it
         gather = (
             deepspeed.zero.GatheredParameters(trainable)
-            if self.e["zero_stage"] == 3
-            else _nullcontext()
+            if self.e.zero_stage == 3
+            else contextlib.nullcontext()
         )
         # throughput of the steps this attempt ran (a resumed run restores earlier steps' log);
         # over step time, so start-up and checkpoint writing are not counted (wall_s has them)
@@ -352,20 +379,12 @@ class ExpertTraining:
         step_s = sum(history["step_s"][len(history["step_s"]) - ran :]) if ran else 0.0
         result = _log_row(
             spec, history, total, self.used, self.world, tokens_here, step_s, wall, resumed,
-            self.e["zero_stage"], loop_started_at=self.started_at, loop_finished_at=time.time(),
+            self.e.zero_stage, loop_started_at=self.started_at, loop_finished_at=time.time(),
         )  # fmt: skip
         with gather:
             if self.rank == 0:
                 write_adapter(engine.module, spec.out_dir, result)
         return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def write_adapter(model: Any, out_dir: str | Path, log_row: dict[str, Any]) -> Path:
@@ -416,7 +435,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     prepare_torch_extensions()
-    spec = ExpertSpec(**config["spec"])
+    spec: ExpertSpec = config["spec"].arrived()
     if config.get("num_threads"):
         torch.set_num_threads(int(config["num_threads"]))
     ctx = ray.train.get_context()
@@ -449,29 +468,29 @@ def train_single_process(
     e = spec.experts
     tok = AutoTokenizer.from_pretrained(spec.model_path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = tokenize_examples(tok, spec.examples, e["max_seq_len"])
-    per_epoch = steps_per_epoch(len(rows), e["batch_size"], 1)
-    total = per_epoch * e["epochs"]
+    rows = tokenize_examples(tok, spec.examples, e.max_seq_len)
+    per_epoch = steps_per_epoch(len(rows), e.batch_size, 1)
+    total = per_epoch * e.epochs
     model = build_lora_model(spec.model_path, e, spec.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     optimizer = _optimizer(model, e)
-    scheduler = linear_schedule(optimizer, total, e.get("warmup_ratio", 0.0))
+    scheduler = linear_schedule(optimizer, total, e.warmup_ratio)
     model.train()
     history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "step_s": []}
     t_start = time.perf_counter()
     done = 0
-    for epoch in range(e["epochs"]):
-        for idx in epoch_batches(len(rows), e["batch_size"], 0, 1, spec.seed, epoch):
+    for epoch in range(e.epochs):
+        for idx in epoch_batches(len(rows), e.batch_size, 0, 1, spec.seed, epoch):
             if max_steps is not None and done >= max_steps:
                 break
             t0 = time.perf_counter()
             batch = {k: v.to(device) for k, v in collate([rows[j] for j in idx], pad_id).items()}
             out = model(**batch)
             out.loss.backward()
-            if e.get("grad_clip"):
+            if e.grad_clip:
                 torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], e["grad_clip"]
+                    [p for p in model.parameters() if p.requires_grad], e.grad_clip
                 )
             optimizer.step()
             scheduler.step()
@@ -523,7 +542,3 @@ def _log_row(
         "history": history,
         **spec.meta,
     }
-
-
-def spec_dict(spec: ExpertSpec) -> dict[str, Any]:
-    return asdict(spec)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..data.problems import Problem
 from ..llm.prompts import humaneval_completion
+from ..pipeline.methods import ordered_methods
 from ..rundir import RunDir, write_jsonl
 
 # scores complete programs: (problems, programs) -> results with .passed and .pass_rate
@@ -43,21 +44,6 @@ def record_answers(
     }
     run.record_method(method, summary, per_problem)
     return summary
-
-
-# methods in pipeline order; others (new adapters) keep their order between these
-_FIRST = ["base_zero_shot", "base_two_stage", "mcts", "full"]
-_LAST = ["customized"]
-
-
-def ordered_methods(methods: dict[str, Any]) -> list[str]:
-    """Baselines, search, `full`, then the other adapters (cluster experts before merges),
-    the customised solver last: the order is the same however the methods were recorded."""
-    first = [m for m in _FIRST if m in methods]
-    last = [m for m in _LAST if m in methods]
-    middle = [m for m in methods if m not in first and m not in last]
-    middle.sort(key=lambda m: (0 if m.startswith("cluster_") else 1, len(m), m))
-    return first + middle + last
 
 
 def format_table(methods: dict[str, dict[str, Any]]) -> str:

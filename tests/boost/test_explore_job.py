@@ -1,7 +1,6 @@
 """jobs/explore.py end to end on local Ray with the tiny model."""
 
 import json
-import sys
 import threading
 import time
 
@@ -10,9 +9,7 @@ import pyarrow.parquet as pq
 import ray
 
 from bdc_ray.rundir import read_jsonl
-
-sys.path.insert(0, "jobs")
-import explore  # noqa: E402
+from tests.helpers import pipeline
 
 TINY = [
     "--set",
@@ -46,7 +43,7 @@ def traces(run):
 
 def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_session, tmp_path):
     run = tmp_path / "run"
-    summary = explore.main(["--run-dir", str(run), *TINY])
+    summary = pipeline.explore(["--run-dir", str(run), *TINY])
     rows = traces(run)
     assert len(rows) == 5 and sum(n.startswith("train--") for n in rows) == 3
     for row in rows.values():
@@ -61,20 +58,20 @@ def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_sess
     assert summary["progress"]["done"] == 5
     # a rerun finds every problem done: nothing is searched again, no trace is rewritten
     mtimes = {n: (run / "traces" / n).stat().st_mtime_ns for n in rows}
-    again = explore.main(["--run-dir", str(run), *TINY])
+    again = pipeline.explore(["--run-dir", str(run), *TINY])
     assert again["progress"]["done"] == 0 and again["progress"]["llm_calls"] == 0
     assert {n: (run / "traces" / n).stat().st_mtime_ns for n in rows} == mtimes
 
 
 def test_an_interrupted_run_finishes_only_the_rest(ray_session, tmp_path):
     run = tmp_path / "run"
-    explore.main(["--run-dir", str(run), *TINY])
+    pipeline.explore(["--run-dir", str(run), *TINY])
     victim, failed = sorted((run / "traces").glob("train--*.parquet"))[:2]
     victim.unlink()  # as if the job died before this problem finished
     row = pq.read_table(failed).to_pylist()[0]  # and as if this tree had raised
     pq.write_table(pa.Table.from_pylist([{**row, "error": "RuntimeError: boom"}]), failed)
     kept = {p.name: p.stat().st_mtime_ns for p in (run / "traces").glob("*.parquet") if p != failed}
-    again = explore.main(["--run-dir", str(run), *TINY])
+    again = pipeline.explore(["--run-dir", str(run), *TINY])
     assert again["progress"]["done"] == 2 and victim.exists()
     assert pq.read_table(failed).to_pylist()[0]["error"] == ""
     assert {
@@ -99,7 +96,7 @@ def test_killing_an_agent_actor_mid_run_still_completes_every_problem_once(ray_s
 
     t = threading.Thread(target=killer)
     t.start()
-    explore.main(["--run-dir", str(run), *TINY, "--set", "search.rollouts=3"])
+    pipeline.explore(["--run-dir", str(run), *TINY, "--set", "search.rollouts=3"])
     t.join()
     assert killed
     rows = traces(run)
@@ -129,7 +126,7 @@ def test_solved_train_problems_give_sft_examples_in_the_shared_chat_format(ray_s
 
     run = tmp_path / "run"
     with OpenAITestServer(respond, model="oracle") as server:
-        explore.main([
+        pipeline.explore([
             "--run-dir", str(run), *TINY,
             "--set", "models.smollm2.backend=openai",
             "--set", f"models.smollm2.base_url={server.base_url}",

@@ -3,25 +3,20 @@ from the run directory."""
 
 import csv
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bdc_ray.config import Config
 from bdc_ray.llm.base import Sampling
+from bdc_ray.pipeline.hypernet import tune_hypernet
 from bdc_ray.rundir import RunDir, write_jsonl
 
 from .conftest import make_expert
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-
 
 @pytest.fixture(scope="module")
 def tuned_run(ray_session, tiny_model_path, reference_rows, tmp_path_factory):
-    from tune_hypernet import tune_hypernet
-
     from bdc_ray.disentangle.embed import embed_texts, load_encoder
     from bdc_ray.disentangle.examples import example_text
 
@@ -73,8 +68,6 @@ def test_tune_picks_the_trial_with_the_lowest_validation_loss(tuned_run):
 
 
 def test_rerun_skips_tuning(tuned_run):
-    from tune_hypernet import tune_hypernet
-
     root, cfg, summary = tuned_run
     stamp = (root / "hypernet" / "hypernet.pt").stat().st_mtime_ns
     assert tune_hypernet(cfg, RunDir(root)) == summary

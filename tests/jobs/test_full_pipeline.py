@@ -3,15 +3,13 @@ zero-shot, search, clustering, experts and merges, the hypernetwork search, eval
 adapter and the customised solver, the report; a rerun redoes nothing."""
 
 import json
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from bdc_ray.pipeline import STAGE_NAMES
 from bdc_ray.rundir import read_jsonl
-
-sys.path.insert(0, "jobs")
-import full  # noqa: E402
+from tests.helpers import pipeline
 
 ARGS = [
     "--set", "models.smollm2.path=tiny-random-llama",
@@ -39,7 +37,7 @@ ARGS = [
 def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--run-dir", str(run), *ARGS]
-    results = full.main(args)
+    results = pipeline.full(args)
     printed = capsys.readouterr().out
 
     # zero-shot and search
@@ -70,7 +68,7 @@ def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, cap
     assert (run / "hypernet" / "hypernet.pt").is_file()
     # timings and the report
     timings = json.loads((run / "timings.json").read_text())
-    assert list(timings) == full.STAGES
+    assert list(timings) == list(STAGE_NAMES)
     assert all(t["wall_s"] > 0 and not t["skipped"] for t in timings.values())
     report = (run / "report.md").read_text()
     for m in [*methods, "customized", "mcts", "base_zero_shot"]:
@@ -87,7 +85,7 @@ def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, cap
         for p in run.rglob("*")
         if p.is_file() and ".ray_train" not in str(p) and ".tune" not in str(p)
     }
-    again = full.main(args)
+    again = pipeline.full(args)
     assert again["methods"] == results["methods"]
     changed = [
         str(p.relative_to(run))
@@ -100,7 +98,7 @@ def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, cap
     rerun = json.loads((run / "timings.json").read_text())
     assert all(t["skipped"] for t in rerun.values()), rerun
     # the report keeps the times of the run that did the work, through any number of reruns
-    full.main(args)
+    pipeline.full(args)
     third = json.loads((run / "timings.json").read_text())
     first = {k: v["wall_s"] for k, v in timings.items()}
     for t in (rerun, third):

@@ -1,0 +1,78 @@
+"""The stage and method tables drive the pipeline: a row added there is run, skipped, timed and
+ordered without touching any other code."""
+
+import dataclasses
+import json
+
+import pytest
+
+from bdc_ray.config import Config
+from bdc_ray.pipeline import STAGE_NAMES, STAGES, method_of, ordered_methods, run_pipeline
+from bdc_ray.pipeline import methods as methods_mod
+from bdc_ray.pipeline import stages as stages_mod
+from bdc_ray.pipeline.methods import Kind, Method, UnknownMethod
+from bdc_ray.rundir import RunDir
+
+CALLS: list[str] = []
+
+
+def write_marker(cfg: Config, run: RunDir) -> dict:
+    """A stage of the test's own: writes one file unless it exists for this seed."""
+    CALLS.append("marker")
+    path = run.root / "marker" / "out.json"
+    if path.is_file() and json.loads(path.read_text())["seed"] == cfg.seed:
+        return {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seed": cfg.seed}))
+    return {}
+
+
+def test_the_pipeline_runs_times_and_skips_exactly_the_stages_of_the_table(monkeypatch, tmp_path):
+    marker = stages_mod.Stage(
+        "marker", f"{__name__}:write_marker", ("marker/*.json",), ("seed",), "jobs/none.py", "x"
+    )
+    monkeypatch.setattr(stages_mod, "STAGES", (marker,))
+    CALLS.clear()
+    run = RunDir(tmp_path)
+    _, timings = run_pipeline(Config(), run)
+    assert CALLS == ["marker"] and set(timings) == {"marker"} and not timings["marker"]["skipped"]
+    _, again = run_pipeline(Config(), run)
+    assert again["marker"]["skipped"] and again["marker"]["wall_s"] == timings["marker"]["wall_s"]
+    _, changed = run_pipeline(Config(seed=1), run)  # another config: the stage does its work
+    assert not changed["marker"]["skipped"]
+    assert (tmp_path / "report.md").is_file()
+    with pytest.raises(KeyError, match="unknown stages"):
+        run_pipeline(Config(), run, ["nope"])
+
+
+def test_every_stage_entry_resolves_to_a_function_of_config_and_run_dir():
+    import inspect
+
+    assert STAGE_NAMES == tuple(s.name for s in STAGES)
+    for st in STAGES:
+        params = list(inspect.signature(st.function()).parameters)
+        assert params[:2] == ["cfg", "run"], st.name
+        assert st.fingerprint(Config()) == Config().fingerprint(*st.fingerprint_sections)
+
+
+def test_methods_are_named_once_and_order_the_report(monkeypatch):
+    assert method_of("cluster_12").kind is Kind.ADAPTER
+    assert method_of("base_two_stage").kind is Kind.TWO_STAGE
+    with pytest.raises(UnknownMethod, match="unknown method 'cluster_'"):
+        method_of("cluster_")
+    names = ["customized", "merged_ties", "cluster_10", "cluster_2", "mcts", "full",
+             "base_zero_shot", "merged_dare", "base_two_stage"]  # fmt: skip
+    assert ordered_methods(names) == ["base_zero_shot", "base_two_stage", "mcts", "full",
+                                      "cluster_2", "cluster_10", "merged_dare", "merged_ties",
+                                      "customized"]  # fmt: skip
+    # a new row is a new method, ordered where the row stands
+    row = Method("distilled", Kind.DIRECT, "evaluate", "x")
+    rows = list(methods_mod.METHODS)
+    monkeypatch.setattr(methods_mod, "METHODS", (*rows[:3], row, *rows[3:]))
+    assert method_of("distilled") is row
+    assert ordered_methods(["full", "distilled", "mcts"]) == ["mcts", "distilled", "full"]
+
+
+def test_the_stage_table_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        STAGES[0].name = "other"  # type: ignore[misc]
