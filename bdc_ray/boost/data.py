@@ -1,4 +1,4 @@
-"""Training examples from search results (SPEC.md section 2, last item).
+"""Training examples from search results (docs/method.md#boost-mc-tree-of-agents, training data).
 
 Only problems whose best program also passes the *hidden* tests give examples:
 `p2t` (problem -> thoughts), `t2c` (problem + thoughts -> code), `p2c` (problem -> code). The

@@ -1,4 +1,4 @@
-"""One problem's MC-Tree-Of-Agents search (SPEC.md section 2), as an asyncio coroutine.
+"""One problem's MC-Tree-Of-Agents search (docs/method.md#boost-mc-tree-of-agents), as an asyncio coroutine.
 
 The search talks to two interfaces, so tests can script them and Ray actors can serve them:
 - `llm.generate(agent_name, prompts, sampling) -> [Completion]` (AgentLLM actors in production;

@@ -1,4 +1,4 @@
-"""The MC-Tree-Of-Agents tree (SPEC.md section 2): nodes, P-UCB, backup, prune.
+"""The MC-Tree-Of-Agents tree (docs/method.md#boost-mc-tree-of-agents): nodes, P-UCB, backup, prune.
 
 Pure and deterministic: no model, no I/O. A decision node is a state (the problem and the
 ordered thoughts so far); its children are chance nodes, each a candidate next thought with a

@@ -1,4 +1,4 @@
-"""The input-aware hypernetwork (SPEC.md section 4).
+"""The input-aware hypernetwork (docs/method.md#customize-the-input-aware-hypernetwork).
 
 Input: the prompt's embedding (the Disentangle encoder, L2-normalised) concatenated with its
 cosine similarities to the K cluster centroids. Per adapted (layer, module): an MLP

@@ -1,4 +1,4 @@
-"""The gated mixture-of-LoRA layer (SPEC.md section 4, "batched inference without merging").
+"""The gated mixture-of-LoRA layer (docs/method.md#customize-the-input-aware-hypernetwork, batched inference without merging).
 
 For K experts of rank r on one weight matrix, stack A_cat = [A_1; ...; A_K] (K*r x d_in) and
 B_cat = [B_1 ... B_K] (d_out x K*r). For a batch whose rows carry different gates g (K*r each):

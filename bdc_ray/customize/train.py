@@ -1,4 +1,4 @@
-"""Training the hypernetwork (SPEC.md section 4): base model and experts frozen, only the
+"""Training the hypernetwork (docs/method.md#customize-the-input-aware-hypernetwork): base model and experts frozen, only the
 hypernetwork learns, by next-token cross-entropy on response tokens (transformers shifts the
 labels: position t predicts token t+1), with a validation split by problem and early stopping.
 """

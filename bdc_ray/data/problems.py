@@ -1,4 +1,4 @@
-"""Problems, their tests, and the public/hidden split (SPEC.md section 1).
+"""Problems, their tests, and the public/hidden split (docs/method.md#problems-and-tests).
 
 Two kinds of problem share one type:
 - ``function``: HumanEval style. A prompt (signature + docstring), an entry point, and a test

@@ -1,5 +1,5 @@
 """Spherical k-means with faiss, the k sweep (elbow of SSE, silhouette reported), and the 2-D
-projection plot (SPEC.md section 3)."""
+projection plot (docs/method.md#disentangle-disenlora)."""
 
 from __future__ import annotations
 

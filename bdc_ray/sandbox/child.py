@@ -170,7 +170,7 @@ def drop_privileges(uid: int | None) -> None:
 def scrub_environment() -> None:
     """In the template, once: the only variables every run sees. HOME and TMPDIR are ".", the
     run's working directory, i.e. its own folder (`tempfile` and `~` resolve there), so that no
-    run has to set them (writing the environment costs a run ~0.1 ms of copied pages)."""
+    run has to set them (writing the environment would cost every run copied pages)."""
     keep = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",

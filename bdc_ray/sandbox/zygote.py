@@ -86,8 +86,8 @@ def _prctl_name(name: bytes) -> None:
 
 def _fork() -> int:
     """fork(2) itself, without os.fork's interpreter bookkeeping in the child (re-creating the
-    GIL and the import lock, dropping other threads' states, the at-fork callbacks): ~0.2 ms
-    a run, and needed only where other threads could hold those locks. The template never
+    GIL and the import lock, dropping other threads' states, the at-fork callbacks): a
+    measurable cost per run, and needed only where other threads could hold those locks. The template never
     starts a thread; should one ever run, os.fork it is. Of the at-fork callbacks only
     random's reseeding matters here: _child reseeds."""
     if _thread._count():

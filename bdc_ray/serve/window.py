@@ -5,7 +5,7 @@ rows or `batch_wait_timeout_s` after its first row, whichever comes first. Under
 load that splits batches for good: the answers of a batch of 32 go out together, the clients'
 next requests come back through the proxy over more than the 50 ms window, the first 7 make a
 batch, the other 25 the next one, and each half's clients then return while the other half
-generates (seen: 7, 25, 7, 25, ... at 32 clients; a third less throughput than 32 at once).
+generates: batches of a few rows and of the rest alternate, with less throughput than all at once.
 
 :class:`BatchWindow` keeps the batching in Serve and adds two rules:
 

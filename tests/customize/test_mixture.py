@@ -1,4 +1,4 @@
-"""The gated mixture's algebra on the tiny model (SPEC.md section 4)."""
+"""The gated mixture's algebra on the tiny model (docs/method.md#customize-the-input-aware-hypernetwork)."""
 
 import pytest
 import torch
