@@ -63,10 +63,14 @@ class RunDir:
         self, method: str, summary: dict[str, Any], per_problem: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
         """Add (or replace) one method's entry in results.json; other methods are kept (also
-        when several threads of one job record methods at once)."""
+        when several threads of one job record methods at once). `versions` names the packages
+        of the process that recorded last."""
+        from .versions import package_versions
+
         with _RESULTS_LOCK:
             results = self.load_results()
             results["methods"][method] = summary
+            results["versions"] = package_versions()
             for pid, row in per_problem.items():
                 results["problems"].setdefault(pid, {})[method] = row
             atomic_write_text(self.results, json.dumps(results, indent=1))

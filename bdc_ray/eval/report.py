@@ -261,6 +261,10 @@ def write_report(run: RunDir) -> Path:
             "![gates](plots/gates.png)",
             "",
         ]
+    versions = results.get("versions")
+    if versions:
+        lines += ["## Software", "",
+                  ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]  # fmt: skip
     path = root / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

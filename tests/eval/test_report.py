@@ -37,3 +37,16 @@ def test_report_of_a_partial_run_has_what_exists(tmp_path):
     assert "## Disentangle" not in text and "## Experts" not in text  # no such outputs yet
     for png in ("pass_at_1.png", "gates.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 5000
+
+
+def test_results_and_report_name_the_package_versions_of_the_run(tmp_path):
+    from importlib import metadata
+
+    run = RunDir(tmp_path)
+    run.record_method("full", {"pass@1": 0.0, "pass_rate": 0.1, "n": 4}, {})
+    versions = json.loads(run.results.read_text())["versions"]
+    for name in ("torch", "ray", "transformers", "peft", "deepspeed"):
+        assert versions[name] == metadata.version(name), name
+    assert versions["python"].count(".") == 2
+    text = write_report(run).read_text()
+    assert "## Software" in text and f"ray {metadata.version('ray')}" in text
