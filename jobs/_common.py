@@ -119,7 +119,7 @@ def run_main(main, argv: list[str] | None = None):
     from bdc_ray.disentangle.cluster import ClusterError
     from bdc_ray.disentangle.examples import ExampleError
     from bdc_ray.llm.models import ModelNotFoundError
-    from bdc_ray.pipeline.methods import UnknownMethod
+    from bdc_ray.methods import UnknownMethod
     from bdc_ray.pipeline.stages import StageInputError
 
     user_errors = (ExampleError, ClusterError, AdapterMismatch, ProblemLoadError,

@@ -5,7 +5,7 @@ scored in the sandbox on the complete tests (stages `zero_shot` and `evaluate`).
 
 Without `--methods`: both baselines, every adapter under RUN_DIR/experts/ and `customized` when
 RUN_DIR/hypernet/ exists. A method already evaluated under the same config and adapter is
-skipped. The methods: bdc_ray/pipeline/methods.py; the stage: bdc_ray/pipeline/evaluate.py.
+skipped. The methods: bdc_ray/methods.py; the stage: bdc_ray/pipeline/evaluate.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import _common  # noqa: F401  (puts the project on sys.path)
 from _common import init_ray, load, parser, run_main
 
 from bdc_ray.eval.methods import format_table
+from bdc_ray.methods import METHODS
 from bdc_ray.pipeline.evaluate import evaluate_methods
-from bdc_ray.pipeline.methods import METHODS
 from bdc_ray.rundir import RunDir
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.problems import Problem
 from ..llm.prompts import humaneval_completion
-from ..pipeline.methods import ordered_methods
+from ..methods import ordered_methods
 from ..rundir import RunDir, write_jsonl
 
 # scores complete programs: (problems, programs) -> results with .passed and .pass_rate

@@ -25,8 +25,8 @@ from ..data.problems import Problem
 from ..eval.methods import record_answers
 from ..llm.base import Completion, Prompt, Sampling
 from ..llm.prompts import direct_messages
+from ..methods import Kind, method_of, method_rank, methods_of_stage
 from ..rundir import RunDir, atomic_write_text
-from .methods import Kind, method_of, method_rank, methods_of_stage
 from .stages import EVAL_SECTIONS, StageInputError
 
 log = logging.getLogger(__name__)

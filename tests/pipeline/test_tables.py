@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from bdc_ray import methods as methods_mod
 from bdc_ray.config import Config
+from bdc_ray.methods import Kind, Method, UnknownMethod
 from bdc_ray.pipeline import STAGE_NAMES, STAGES, method_of, ordered_methods, run_pipeline
-from bdc_ray.pipeline import methods as methods_mod
 from bdc_ray.pipeline import stages as stages_mod
-from bdc_ray.pipeline.methods import Kind, Method, UnknownMethod
 from bdc_ray.rundir import RunDir
 
 CALLS: list[str] = []

@@ -3,7 +3,8 @@
 A method is either one fixed name (`base_zero_shot`, `mcts`, `customized`, ...) or a family of
 names that an earlier stage creates (`cluster_0`, `cluster_1`, ... one per cluster; `merged_ties`
 ...). The table's order is the report's row order. Adding a method is one row here plus the
-function that evaluates its kind in `bdc_ray/pipeline/evaluate.py`.
+function that evaluates its kind in `bdc_ray/pipeline/evaluate.py`. It sits beside the config,
+below the stages and the report, since both read it.
 """
 
 from __future__ import annotations
