@@ -182,8 +182,9 @@ def _eval_model(cfg: Config) -> ModelConfig:
 
 def _plan(cfg: Config, run: RunDir, method: str, base: ModelConfig,
           adapters: dict[str, Path]) -> tuple[str, Callable[[], dict]]:  # fmt: skip
-    """(fingerprint, zero-argument function evaluating `method`)."""
-    kind = method_of(method).kind
+    """(fingerprint, zero-argument function evaluating `method`). Any adapter folder under
+    experts/ is evaluable, also one of a name no row of METHODS has (a user's own)."""
+    kind = Kind.ADAPTER if method in adapters else method_of(method).kind
     if kind is Kind.CUSTOMIZED:
         hyper = run.root / "hypernet"
         if not (hyper / "hypernet.json").is_file():
@@ -194,7 +195,7 @@ def _plan(cfg: Config, run: RunDir, method: str, base: ModelConfig,
         fp = eval_fingerprint(cfg)
         two = kind is Kind.TWO_STAGE
         return fp, partial(evaluate_direct, cfg, run, method, base, fp, {}, two_stage=two)
-    if kind is Kind.ADAPTER and method in adapters:
+    if method in adapters:
         adapter = adapters[method]
         model_cfg = base.model_copy(update={"adapter": str(adapter.resolve())})
         fp = eval_fingerprint(cfg, adapter)

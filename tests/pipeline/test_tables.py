@@ -76,3 +76,22 @@ def test_methods_are_named_once_and_order_the_report(monkeypatch):
 def test_the_stage_table_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         STAGES[0].name = "other"  # type: ignore[misc]
+
+
+def test_an_adapter_folder_of_any_name_is_planned_for_evaluation(tmp_path):
+    """A user's own adapter under experts/ (a name no METHODS row has) is evaluated like the
+    experts; a name that is neither a method nor a folder fails naming what exists."""
+    from bdc_ray.pipeline.evaluate import _plan, adapter_dirs, default_trained
+    from bdc_ray.pipeline.stages import StageInputError
+
+    for name in ("mine", "full"):
+        (tmp_path / "experts" / name).mkdir(parents=True)
+        (tmp_path / "experts" / name / "adapter_config.json").write_text("{}")
+    run = RunDir(tmp_path)
+    adapters = adapter_dirs(run)
+    assert list(adapters) == ["full", "mine"] and default_trained(run) == ["full", "mine"]
+    cfg = Config()
+    fp, fn = _plan(cfg, run, "mine", cfg.models[cfg.base_model], adapters)
+    assert fn.args[3].adapter == str(adapters["mine"].resolve()) and fp
+    with pytest.raises(StageInputError, match="adapters in .*: full, mine"):
+        _plan(cfg, run, "cluster_7", cfg.models[cfg.base_model], adapters)
