@@ -28,7 +28,11 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # revalidate_instances: a config that crossed a process boundary (pickled into an actor,
+    # a Ray Train worker, a Tune trial) is checked again by `Model.model_validate(cfg)` there
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, revalidate_instances="always"
+    )
 
 
 class DataConfig(_Strict):

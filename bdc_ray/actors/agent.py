@@ -38,10 +38,7 @@ class AgentLLM:
     """The actor's body, kept a plain class so tests can drive it without Ray."""
 
     def __init__(self, model_cfg: ModelConfig | dict[str, Any], name: str = "agent") -> None:
-        # validated again on arrival: the config crossed a process boundary as a pickle
-        self.cfg = ModelConfig.model_validate(
-            model_cfg.model_dump() if isinstance(model_cfg, ModelConfig) else model_cfg
-        )
+        self.cfg = ModelConfig.model_validate(model_cfg)  # checked again on arrival
         self.name = name
         start = time.perf_counter()
         self.backend = make_backend(self.cfg)

@@ -12,7 +12,7 @@ def customized_generate(run_dir: str, prompts: list, sampling: Any, model_cfg: M
     """Completions in prompt order, each with `meta["gates"]` (run with `ray.remote`)."""
     from ..customize.solver import CustomizedSolver
 
-    cfg = ModelConfig.model_validate(model_cfg.model_dump())  # validated again on arrival
+    cfg = ModelConfig.model_validate(model_cfg)  # checked again on arrival
     solver = CustomizedSolver(
         run_dir, dtype=cfg.dtype, max_batch_size=cfg.max_batch_size, num_threads=cfg.num_threads
     )

@@ -60,10 +60,6 @@ class _RayChecker:
         return await self.pool.check.remote(program, problem, tests)
 
 
-def _plain(cfg: Any) -> Any:
-    return cfg.model_dump() if hasattr(cfg, "model_dump") else cfg
-
-
 class TreeManager:
     def __init__(
         self,
@@ -75,9 +71,8 @@ class TreeManager:
         fingerprint: str = "",
     ) -> None:
         self.fingerprint = fingerprint  # of the config a trace was made with: reruns compare it
-        # validated again on arrival: the configs crossed a process boundary as pickles
-        self.agents = [AgentConfig.model_validate(_plain(a)) for a in agents]
-        self.search = SearchConfig.model_validate(_plain(search))
+        self.agents = [AgentConfig.model_validate(a) for a in agents]  # checked on arrival
+        self.search = SearchConfig.model_validate(search)
         self.llm = _RayLLM(agent_models)
         self.checker = _RayChecker(executor)
         self.seed = seed

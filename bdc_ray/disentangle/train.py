@@ -43,10 +43,9 @@ class ExpertSpec:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # validated on construction and again on arrival (`arrived`): a dict, or a config
-        # pickled by another process, becomes a checked ExpertsConfig
-        raw = self.experts.model_dump() if hasattr(self.experts, "model_dump") else self.experts
-        object.__setattr__(self, "experts", ExpertsConfig.model_validate(raw))
+        # on construction and again on arrival (`arrived`): a dict, or a config pickled by
+        # another process, becomes a checked ExpertsConfig
+        object.__setattr__(self, "experts", ExpertsConfig.model_validate(self.experts))
 
     def arrived(self) -> ExpertSpec:
         return dataclasses.replace(self)
