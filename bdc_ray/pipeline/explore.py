@@ -185,4 +185,5 @@ def explore(cfg: Config, run: RunDir) -> dict:
         progress = ray.get(tm.get_progress.remote())
         sft, train_rows = write_sft(run, ids["train"])
         summary = _score_mcts(run, problems, ids["test"], pool, sft, train_rows, fp, start)
+    log.info("mcts: %s", summary)
     return {**summary, "progress": progress}

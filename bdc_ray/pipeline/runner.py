@@ -24,11 +24,9 @@ def run_stage(name: str, cfg: Config, run: RunDir) -> dict[str, Any]:
     st = table.stage(name)
     before = st.stamp(run)
     t0 = time.perf_counter()
-    out = st.run(cfg, run)
+    st.run(cfg, run)
     took = round(time.perf_counter() - t0, 1)
     skipped = bool(before) and st.stamp(run) == before
-    if name == "explore" and isinstance(out, dict):
-        log.info("mcts: %s", {k: v for k, v in out.items() if k != "progress"})
     log.info("stage %s: %.1f s%s", name, took, " (up to date, skipped)" if skipped else "")
     return {"wall_s": took, "skipped": skipped}
 
