@@ -330,7 +330,7 @@ HOSTILE = [
                     except OSError: pass
             return 0
         """),
-        {"failed"},
+        {"failed", "error"},
     ),
     (
         "walks frames for the nonce",
@@ -356,7 +356,7 @@ HOSTILE = [
                     return 0
             return f.f_back.f_locals
         """),
-        {"failed"},
+        {"failed", "error"},
     ),
     (
         "walks a traceback for the nonce",
@@ -376,16 +376,16 @@ HOSTILE = [
         def add(a, b):
             return [o for o in gc.get_objects() if isinstance(o, dict) and "nonces" in o]
         """),
-        {"error"},
+        {"error", "failed"},
     ),
     (
         "traces the harness",
         prog("""
         import sys
         sys.settrace(lambda *a: None)
-        def add(a, b): return a + b
+        def add(a, b): return a - b
         """),
-        {"error"},
+        {"failed", "error"},
     ),
     (
         "malicious exception text",
@@ -759,12 +759,12 @@ def test_a_test_that_calls_the_function_by_name_is_guarded_too(sandbox):
     assert sandbox.check_function(recursive, "add", tests).passed
 
 
-def test_fifos_in_place_of_the_output_files_do_not_hang_the_sandbox(sandbox):
-    """The supervisor reads a run's stdout/stderr files after it ended: a program that put
-    FIFOs there once blocked that read (and its slot) forever."""
+def test_a_program_that_replaces_its_output_descriptors_does_not_hang_the_sandbox(sandbox):
+    """Output goes to memfds the supervisor made and reads itself: a program that closes them,
+    or puts pipes nobody reads in their place, changes nothing the supervisor waits on."""
     import threading
 
-    swap = "import os\nfor name in ('stdout', 'stderr'):\n    os.remove(name); os.mkfifo(name)\n"
+    swap = "import os\nr, w = os.pipe()\nos.dup2(w, 1); os.dup2(w, 2)\nos.write(1, b'x' * 60000)\n"
     runs = [
         lambda: sandbox.check_function(swap + "def add(a, b):\n    return 0\n", "add", ADD.tests),
         lambda: sandbox.check(swap + "print(4)\n", STDIO, tests=STDIO.tests[:1]),
@@ -774,12 +774,11 @@ def test_fifos_in_place_of_the_output_files_do_not_hang_the_sandbox(sandbox):
         t = threading.Thread(target=lambda run=run, out=out: out.append(run()), daemon=True)
         t.start()
         t.join(30)
-        assert not t.is_alive(), "the sandbox blocked on a FIFO"
+        assert not t.is_alive(), "the sandbox blocked on a program's descriptors"
         assert out[0].status == "failed" and out[0].stdout == "", out[0].feedback()
     assert sandbox.check(GOOD, ADD).passed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="capping a run's folder needs root")
 def test_files_written_one_after_another_stop_at_the_run_folder_cap(sandbox):
     """Each file stays under RLIMIT_FSIZE, so only the folder's cap stops a program that
     writes file after file (the folders lie on a RAM file system: this once could fill the
@@ -805,38 +804,32 @@ def test_files_written_one_after_another_stop_at_the_run_folder_cap(sandbox):
     assert sandbox.check(GOOD, ADD).passed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="capping a run's folder needs root")
-def test_an_input_larger_than_the_run_folder_is_that_tests_error_and_nothing_is_left():
+def test_an_input_larger_than_the_run_folder_arrives_whole_and_nothing_is_left():
+    """stdin is a memfd of the supervisor's, not a file in the run's capped /tmp."""
     from bdc_ray.sandbox import Limits, Sandbox
 
     with Sandbox(concurrency=1, limits=Limits(run_dir_mb=1)) as sb:
-        assert sb.isolation["run_dir_cap_mb"] == 1
         big = [TestCase("io", input="1 2\n" + " " * (2 << 20), output="3\n")]
-        program = "a, b = map(int, input().split())\nprint(a + b)\n"
+        program = "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\n"
         r = sb.check_stdio(program, big + STDIO.tests[:1])
-        assert [t.status for t in r.tests] == ["error", "passed"], r.feedback()
-        assert "could not be written" in r.tests[0].feedback
+        assert [t.status for t in r.tests] == ["passed", "passed"], r.feedback()
         root, template = str(sb.root), sb._proc.pid
-        # mounted in the template's own mount namespace, never in the host's
-        assert sum(root in line for line in open(f"/proc/{template}/mounts")) == 1
+        # the minimal root is mounted in the template's own mount namespace, never the host's
         assert not any(root in line for line in open("/proc/mounts"))
     assert not os.path.exists(f"/proc/{template}") and not os.path.exists(root)
 
 
-def test_isolation_is_reported(sandbox):
+def test_isolation_is_reported_layer_by_layer(sandbox):
+    from bdc_ray.sandbox.protocol import LAYERS
+
     iso = sandbox.isolation
-    for key in (
-        "net_namespace",
-        "pid_namespace",
-        "privilege_drop",
-        "audit_hook",
-        "rlimits",
-        "run_dir_cap_mb",
-    ):
-        assert key in iso
-    if os.geteuid() == 0:
-        assert iso["privilege_drop"] is True
-        assert iso["run_dir_cap_mb"] == sandbox.limits.run_dir_mb
+    assert list(iso["layers"]) == list(LAYERS)
+    for name in LAYERS:
+        layer = iso["layers"][name]
+        assert layer["active"] is True and layer["required"] is True and layer["detail"], layer
+        assert iso[name] is True
+    assert iso["missing"] == [] and sandbox.isolation_missing == ()
+    assert iso["uid_per_slot"] is (os.geteuid() == 0)
 
 
 def test_the_sandbox_recovers_when_its_template_is_killed(sandbox):

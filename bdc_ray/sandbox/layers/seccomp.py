@@ -1,0 +1,84 @@
+"""A system-call filter for what no test program needs, built once in the template with
+libseccomp (the `pyseccomp` binding) and exported as BPF; every run installs that program with
+one prctl before any program code runs (runs cannot remove it; a filter they add can only deny
+more). Denied calls fail with EPERM (socket families other than AF_UNIX with EAFNOSUPPORT,
+clone3 with ENOSYS so that libc falls back to clone, whose namespace flags are denied):
+a program that tries one gets an error, not a crash. Calls of other ABIs (x32, i386) are
+killed by libseccomp's architecture check."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+
+from ..protocol import Layer
+from . import _sys
+
+# what a test program never needs: changing the filesystem view or the namespaces, reaching
+# other processes' memory, the kernel's keyrings, BPF and perf, modules, clocks, devices,
+# handles that bypass paths, io_uring (whose operations no filter sees), network endpoints
+DENY = (
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
+    "fsconfig", "fsmount", "fspick", "mount_setattr", "unshare", "setns",
+    "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
+    "pidfd_getfd", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "reboot", "swapon", "swapoff", "syslog", "acct", "settimeofday",
+    "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "iopl",
+    "ioperm", "mknod", "mknodat", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
+    "quotactl", "lookup_dcookie", "uselib", "vhangup", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "bind", "listen", "connect", "accept", "accept4", "vmsplice",
+)  # fmt: skip
+_NS_FLAGS = (0x80, 0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+             0x40000000)  # fmt: skip
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+
+
+class Filter:
+    """The exported BPF program, held for the template's lifetime (runs inherit it)."""
+
+    def __init__(self, bpf: bytes) -> None:
+        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
+        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+
+    def install(self) -> None:
+        _sys.prctl(_sys.PR_SET_SECCOMP, _sys.SECCOMP_MODE_FILTER, ctypes.byref(self._prog))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def build(required: bool) -> tuple[Filter | None, Layer]:
+    try:
+        import pyseccomp as sc
+    except (ImportError, OSError, RuntimeError) as e:  # no package, or no libseccomp.so.2
+        return None, Layer("seccomp", False, required, f"libseccomp unavailable: {e}")
+    try:
+        f = sc.SyscallFilter(sc.ALLOW)
+        denied = []
+        for name in DENY:
+            try:
+                f.add_rule(sc.ERRNO(errno.EPERM), name)
+                denied.append(name)
+            except (OSError, ValueError, RuntimeError):
+                pass  # not a call of this architecture
+        for flag in _NS_FLAGS:
+            f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+        for request in (_TIOCSTI, _TIOCLINUX):
+            f.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.EQ, request))
+        fd = os.memfd_create("bdc-seccomp")
+        try:
+            with os.fdopen(os.dup(fd), "wb") as out:
+                f.export_bpf(out)
+            bpf = os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return None, Layer("seccomp", False, required, f"could not build the filter: {e}")
+    detail = f"{len(denied)} calls denied, namespace flags of clone, non-AF_UNIX sockets"
+    return Filter(bpf), Layer("seccomp", True, required, detail)
