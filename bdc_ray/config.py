@@ -27,6 +27,19 @@ class ConfigError(ValueError):
     """A configuration a user wrote is wrong; the message names the key and the fix."""
 
 
+# the sandbox's isolation layers (bdc_ray.sandbox.protocol.LAYERS, which a test keeps equal)
+SandboxLayer = Literal[
+    "user_namespace",
+    "net_namespace",
+    "pid_namespace",
+    "filesystem_view",
+    "rlimits",
+    "credentials",
+    "seccomp",
+    "audit_hook",
+]
+
+
 class _Strict(BaseModel):
     # revalidate_instances: a config that crossed a process boundary (pickled into an actor,
     # a Ray Train worker, a Tune trial) is checked again by `Model.model_validate(cfg)` there
@@ -559,6 +572,17 @@ class EvalConfig(_Strict):
         ge=1,
         description="methods evaluated at once, each model with num_threads / this many "
         "threads (on CPUs, two 1-thread generators outrun one 2-thread one)",
+    )
+    sandbox_allow_missing: list[SandboxLayer] = Field(
+        default_factory=list,
+        description="isolation layers the sandbox may run without where the host cannot provide "
+        "them (docs/sandbox.md#isolation-layers); by default it refuses to start instead. Every "
+        "result then names the missing layers",
+    )
+    sandbox_packages: list[str] = Field(
+        default_factory=list,
+        description="installed packages programs may import in the sandbox, read-only (e.g. "
+        "numpy); the standard library always, nothing else of site-packages",
     )
 
 

@@ -96,13 +96,23 @@ def create_executor_pool(
     return pool
 
 
+def sandbox_limits(eval_cfg: EvalConfig) -> Limits:
+    """The sandbox limits an evaluation config sets (search uses the same)."""
+    return Limits(
+        test_timeout_s=eval_cfg.timeout_s,
+        total_timeout_s=eval_cfg.timeout_s * 4,
+        allow_missing=tuple(eval_cfg.sandbox_allow_missing),
+        packages=tuple(eval_cfg.sandbox_packages),
+    )
+
+
 def executor_pool_for(eval_cfg: EvalConfig, name: str = "bdc:executor") -> Any:
     """The pool an evaluation config asks for; methods evaluated at once each name their own,
     so one finishing does not end another's."""
     return create_executor_pool(
         slots=eval_cfg.workers,
         num_cpus=eval_cfg.executor_cpus,
-        limits=Limits(test_timeout_s=eval_cfg.timeout_s, total_timeout_s=eval_cfg.timeout_s * 4),
+        limits=sandbox_limits(eval_cfg),
         name=name,
     )
 

@@ -66,6 +66,8 @@ class Limits:
     audit_hook: bool = True  # defence in depth; the kernel layers hold without it
 
     def __post_init__(self) -> None:
+        for name in ("packages", "allow_missing"):  # lists arrive from configs and Ray
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         unknown = sorted(set(self.allow_missing) - set(LAYERS))
         if unknown:
             raise ValueError(

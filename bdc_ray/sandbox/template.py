@@ -43,7 +43,10 @@ def _start_layers(want: dict) -> tuple[list[Layer], seccomp.Filter | None]:
     failed_mounts = fsview.private(req["filesystem_view"])
     layers.append(pidns.enter(req["pid_namespace"]))
     for name in want.get("packages", ()):
-        __import__(name)  # what the view exposes, importable also where it was not preloaded
+        try:
+            __import__(name)  # what the view exposes, importable also where it is not preloaded
+        except ImportError:
+            pass  # the filesystem view reports it, naming the package
     for name in PRELOAD:
         try:
             __import__(name)
