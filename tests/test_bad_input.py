@@ -1,0 +1,228 @@
+"""Bad input, as a careless or hostile user writes it: configs, problem files, run dirs, model
+paths and job flags. Each case must end in one line naming the input and the fix (exit 2 for
+a job), with bounded time and memory, and keep what was good or already done.
+
+The tables are the fuzz suite: a case is (what the user wrote, what the error must say)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bdc_ray.config import ConfigError, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GB = 2**30
+
+
+def _alias_bomb(indent: str, levels: int = 9) -> str:
+    """The billion-laughs YAML: 9 aliases of 9 aliases, `levels` deep (9**levels values)."""
+    lines = [f"{indent}a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"{indent}a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+# (file text, substring of the error); every one is refused by load_config with a ConfigError
+BAD_CONFIGS = [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("- 1\n", "mapping at top level"),
+    ("search: [1, 2\n", "not valid YAML"),
+    ("eval:\n  timeout_s: .inf\n", "eval.timeout_s: Input should be a finite number"),
+    ("eval:\n  timeout_s: .nan\n", "eval.timeout_s: Input should be a finite number"),
+    ("eval:\n  timeout_s: 1.0e+300\n", "eval.timeout_s: Input should be less than or equal"),
+    ("eval:\n  timeout_s: -1\n", "eval.timeout_s: Input should be greater than 0"),
+    ("serve:\n  solve_timeout_s: .inf\n", "serve.solve_timeout_s"),
+    ("search:\n  gamma: .nan\n", "search.gamma: Input should be a finite number"),
+    ("hypernet:\n  tune:\n    lr: [.inf, 1]\n", "hypernet.tune.lr.0"),
+    ("agents: []\n", "agents: List should have at least 1 item"),
+    ("models: {}\n", "base_model: unknown model"),
+    ("models:\n  default:\n    options:\n" + _alias_bomb("      "), "aliases (*name) are expanded"),
+    ("search:\n  rollouts:\n" + _alias_bomb("    "), "aliases (*name) are expanded"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels"),
+    ("search:\n  rollouts: '" + "x" * 3_000_000 + "'\n", "larger than 1048576 bytes"),
+    ("data:\n  max_prompt_bytes: 0\n", "data.max_prompt_bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    "text,needle", BAD_CONFIGS, ids=[f"config{i}" for i in range(len(BAD_CONFIGS))]
+)
+def test_a_bad_config_file_is_refused_naming_the_problem(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert needle in msg, msg
+    assert len(msg) < 600  # never the expanded or the whole value
+
+
+def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"seed: 1\nsearch:\n  c: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 3: not UTF-8"):
+        load_config(p)
+
+
+def test_a_folder_given_as_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist \\(it is a folder\\)"):
+        load_config(tmp_path)
+
+
+def test_a_long_bad_value_is_shown_cut_short(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("search:\n  rollouts: '" + "y" * 500_000 + "'\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "search.rollouts" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_an_override_holding_a_deep_value_is_refused_naming_the_key():
+    deep = "[" * 200 + "]" * 200
+    with pytest.raises(ConfigError, match="override models.default.options: .*nested more than"):
+        load_config(None, [f"models.default.options={deep}"])
+    assert load_config(None, ["models.default.options={a: [1, 2]}"])  # a small one is fine
+
+
+def test_config_limits_are_set_by_environment_variables(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text("search:\n  rollouts: 4\n" + "#" * 2000 + "\n")
+    assert load_config(p).search.rollouts == 4
+    monkeypatch.setenv("BDC_CONFIG_MAX_BYTES", "1000")
+    with pytest.raises(ConfigError, match="larger than 1000 bytes"):
+        load_config(p)
+    monkeypatch.setenv("BDC_CONFIG_MAX_BYTES", "lots")
+    with pytest.raises(ConfigError, match="BDC_CONFIG_MAX_BYTES='lots': expected a positive"):
+        load_config(p)
+
+
+def test_aliases_within_the_bound_still_work(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "models:\n  default: &m {path: tiny-random-llama}\n  other: *m\n"
+        "agents:\n  - {name: a, model: other}\n"
+    )
+    cfg = load_config(p)
+    assert cfg.models["other"].path == "tiny-random-llama"
+
+
+def test_operational_limits_leave_stage_fingerprints_alone():
+    from bdc_ray.pipeline.stages import STAGES
+
+    base = load_config(None)
+    raised = load_config(None, ["data.max_prompt_bytes=999999", "data.max_row_bytes=99999999"])
+    assert [s.fingerprint(base) for s in STAGES] == [s.fingerprint(raised) for s in STAGES]
+    other = load_config(None, ["data.split_seed=3"])
+    assert STAGES[0].fingerprint(base) != STAGES[0].fingerprint(other)
+
+
+def _peak_script(body: str) -> str:
+    """A Python program that runs `body` after its imports and prints JSON: the growth of its
+    peak RSS (VmHWM) over the idle process, in bytes, and the seconds `body` took."""
+    return textwrap.dedent(
+        """
+        import json, sys, time
+        def hwm():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        {imports}
+        idle = hwm()
+        t0 = time.monotonic()
+        try:
+            {body}
+            outcome = "ok"
+        except BaseException as e:
+            outcome = type(e).__name__ + ": " + str(e)[:300]
+        print(json.dumps({{"grew": hwm() - idle, "seconds": time.monotonic() - t0,
+                           "outcome": outcome}}))
+        """
+    )
+
+
+def _run_bounded(imports: str, body: str, limit_gb: float = 3.0, timeout: float = 120) -> dict:
+    """Run in a child limited to `limit_gb` of address space on top of its start, so the old,
+    unbounded behaviour fails the test instead of swapping the machine."""
+    script = _peak_script(body).format(imports=imports, body=body.replace("\n", "\n    "))
+
+    def limit():
+        soft = int(limit_gb * GB) + 2 * GB
+        resource.setrlimit(resource.RLIMIT_AS, (soft, soft))
+
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=limit,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_alias_bomb_is_refused_fast_in_bounded_memory(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    p.write_text("models:\n  default:\n    options:\n" + _alias_bomb("      "))
+    out = _run_bounded(
+        "from bdc_ray.config import load_config, save_config",
+        f"save_config(load_config({str(p)!r}), {str(tmp_path / 'out.yaml')!r})",
+    )
+    print("alias bomb:", out)
+    assert out["outcome"].startswith("ConfigError") and "aliases" in out["outcome"], out
+    assert out["grew"] < 1 * GB and out["seconds"] < 5, out
+
+
+def test_a_config_error_in_a_job_is_one_line_and_exit_2(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    p.write_text("models:\n  default:\n    options:\n" + _alias_bomb("      "))
+    proc = subprocess.run(
+        [sys.executable, "jobs/explore.py", "--config", str(p), "--run-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "aliases (*name) are expanded" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _random_config(rng: random.Random) -> str:
+    """A malformed config: a real key with a wrong value, or a wrong key, or broken YAML."""
+    keys = ["search.rollouts", "eval.timeout_s", "data.test_fraction", "serve.port",
+            "agents.0.temperature", "experts.lr", "hypernet.tau", "cluster.k"]  # fmt: skip
+    bad_values = ["-1", ".inf", "-.inf", ".nan", "'many'", "[1, 2]", "{a: 1}", "1e999", "0"]
+    choice = rng.randrange(3)
+    if choice == 0:
+        section, _, key = rng.choice(keys).partition(".")
+        if section == "agents":
+            return f"agents:\n  - name: a\n    temperature: {rng.choice(bad_values[:5])}\n"
+        return f"{section}:\n  {key}: {rng.choice(bad_values)}\n"
+    if choice == 1:
+        return f"{rng.choice(['serch', 'search.x', 'evals'])}: 1\n"
+    return rng.choice(["a: [1\n", "a: {b\n", "\t- x\n", "a: &x 1\nb: *y\n", "? [\n"])
+
+
+def test_generated_malformed_configs_all_fail_with_a_config_error(tmp_path):
+    rng = random.Random(21)
+    p = tmp_path / "c.yaml"
+    refused = 0
+    for _ in range(120):
+        text = _random_config(rng)
+        p.write_text(text)
+        try:
+            cfg = load_config(p)
+        except ConfigError as e:
+            refused += 1
+            assert str(e) and "Traceback" not in str(e)
+            continue
+        # accepted: only a value that really is valid there (e.g. cluster.k: 0 is not)
+        save_config(cfg, tmp_path / "out.yaml")
+        assert yaml.safe_load((tmp_path / "out.yaml").read_text())
+    assert refused > 100
