@@ -882,8 +882,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _read_config_file(p: Path) -> dict[str, Any]:
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist" + (" (it is a folder)" * p.is_dir()))
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give --config a YAML file")
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
     max_bytes = config_limit("BDC_CONFIG_MAX_BYTES")
     try:
         with open(p, "rb") as fh:

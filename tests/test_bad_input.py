@@ -77,7 +77,7 @@ def test_a_config_file_that_is_not_utf8_names_the_line(tmp_path):
 
 
 def test_a_folder_given_as_config_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist \\(it is a folder\\)"):
+    with pytest.raises(ConfigError, match="is a folder; give --config a YAML file"):
         load_config(tmp_path)
 
 
@@ -226,3 +226,182 @@ def test_generated_malformed_configs_all_fail_with_a_config_error(tmp_path):
         save_config(cfg, tmp_path / "out.yaml")
         assert yaml.safe_load((tmp_path / "out.yaml").read_text())
     assert refused > 100
+
+
+# ---------------------------------------------------------------- problem files
+
+GOOD = {
+    "task_id": "ok/1",
+    "prompt": "def one():\n",
+    "entry_point": "one",
+    "test": "def check(candidate):\n    assert candidate() == 1\n",
+}
+
+
+def _row(**changes) -> bytes:
+    return (json.dumps({**GOOD, **changes}) + "\n").encode()
+
+
+# (bytes of one line, field named, substring of the message); each sits between two good rows
+BAD_ROWS = [
+    (b'{"task_id": "x", "prompt": "\xff\xfe", "entry_point": "f"}\n', "(row)", "not UTF-8 at byte"),
+    (b"\xef\xbb\xbf" + _row(task_id="bom")[:-1] + b"\x80\n", "(row)", "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "(row)", "nested too deeply"),
+    (_row(task_id="big", prompt="x" * 70_000), "prompt", "more than data.max_prompt_bytes"),
+    (_row(task_id="wide", prompt="\u00e9" * 40_000), "prompt", "80000 bytes"),
+    (b'{"task_id": "t"' + b" " * 17 * 2**20 + b"}\n", "(row)", "longer than 16777216 bytes"),
+    (b"null\n", "(row)", "must be a JSON object"),
+    (b'"just a string"\n', "(row)", "must be a JSON object"),
+    (b'{"task_id": 1e999999}\n', "problem_id", "missing"),
+    (_row(task_id="", prompt=""), "task_id", "non-empty string"),
+]
+
+
+@pytest.mark.parametrize(
+    "line,field,needle", BAD_ROWS, ids=[f"row{i}" for i in range(len(BAD_ROWS))]
+)
+def test_a_bad_row_is_named_by_file_and_line_and_the_good_rows_load(tmp_path, line, field, needle):
+    from bdc_ray.data import load_jsonl
+
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(_row(task_id="first") + line + _row(task_id="last"))
+    problems, errors = load_jsonl(p)
+    assert [x.id for x in problems] == ["first", "last"]
+    assert len(errors) == 1 and errors[0].line == 2 and errors[0].field == field, errors
+    assert needle in str(errors[0]) and str(errors[0]).startswith(f"{p}:2:")
+    assert len(str(errors[0])) < 300  # never the row itself
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [(None, "does not exist"), (b"", "is empty"), (b"\n  \n", "is empty"),
+     (b"{bad\n", "no usable problem"), ("folder", "is a folder")],
+    ids=["missing", "empty", "blank", "no-good-row", "folder"],
+)  # fmt: skip
+def test_an_unusable_problem_file_fails_as_a_whole_naming_it(tmp_path, content, needle):
+    from bdc_ray.config import DataConfig
+    from bdc_ray.data import ProblemLoadError, load_problems
+
+    p = tmp_path / "p.jsonl"
+    if content == "folder":
+        p.mkdir()
+    elif content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ProblemLoadError, match=needle) as e:
+        load_problems(DataConfig(source="jsonl", path=str(p)))
+    assert str(p) in str(e.value)
+
+
+def test_a_gzipped_problem_file_with_a_bad_row_keeps_the_rest(tmp_path):
+    import gzip
+
+    from bdc_ray.data import load_jsonl
+
+    p = tmp_path / "p.jsonl.gz"
+    with gzip.open(p, "wb") as fh:
+        fh.write(_row(task_id="a") + b"\xff\n" + _row(task_id="b"))
+    problems, errors = load_jsonl(p)
+    assert [x.id for x in problems] == ["a", "b"] and errors[0].line == 2
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(p.read_bytes()[:30])
+    from bdc_ray.data import ProblemLoadError
+
+    with pytest.raises(ProblemLoadError, match="cannot be read"):
+        load_jsonl(broken)
+
+
+def test_row_limits_come_from_the_data_config(tmp_path):
+    from bdc_ray.config import DataConfig
+    from bdc_ray.data import load_problems
+
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(_row(task_id="short") + _row(task_id="long", prompt="y" * 3000))
+    cfg = DataConfig(source="jsonl", path=str(p), max_prompt_bytes=2000)
+    assert [x.id for x in load_problems(cfg)] == ["short"]
+    cfg = DataConfig(source="jsonl", path=str(p), max_row_bytes=2000)
+    assert [x.id for x in load_problems(cfg)] == ["short"]
+    assert len(load_problems(DataConfig(source="jsonl", path=str(p)))) == 2
+
+
+def _random_row(rng: random.Random) -> bytes:
+    """A malformed row: a good one with a field broken, cut short, or bytes thrown in."""
+    row = dict(GOOD, task_id=f"r{rng.randrange(10**9)}")
+    choice = rng.randrange(5)
+    if choice == 0:
+        field = rng.choice(["task_id", "prompt", "entry_point", "test"])
+        row[field] = rng.choice(
+            [None, 3, [], "", {"x": 1}, *(["x y"] if field == "entry_point" else [])]
+        )
+    elif choice == 1:
+        del row[rng.choice(["prompt", "entry_point", "test"])]
+    elif choice == 2:
+        text = json.dumps(row)
+        return text[: rng.randrange(1, len(text) - 1)].encode() + b"\n"
+    elif choice == 3:
+        raw = bytearray(json.dumps(row).encode())
+        raw[rng.randrange(len(raw))] = rng.choice([0x80, 0xC3, 0xFF])
+        return bytes(raw) + b"\n"
+    else:
+        row["test"] = "def check(candidate):\n    " + rng.choice(["pass", "x = (", "return 1"])
+    return (json.dumps(row) + "\n").encode()
+
+
+def test_generated_malformed_rows_are_each_reported_and_the_good_ones_kept(tmp_path):
+    from bdc_ray.data import load_jsonl
+
+    rng = random.Random(21)
+    lines, good_ids = [], []
+    for i in range(300):
+        if i % 3 == 0:
+            good_ids.append(f"good/{i}")
+            lines.append(_row(task_id=f"good/{i}"))
+        else:
+            lines.append(_random_row(rng))
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b"".join(lines))
+    problems, errors = load_jsonl(p)
+    assert [x.id for x in problems] == good_ids
+    assert len(errors) == 200 and all(str(e).startswith(f"{p}:") for e in errors)
+
+
+def test_a_5mb_prompt_is_refused_fast_in_bounded_memory(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(_row(task_id="huge", prompt="def f():\n" + "x" * 5_000_000) + _row())
+    out = _run_bounded(
+        "from bdc_ray.data import load_jsonl",
+        f"ps, errs = load_jsonl({str(p)!r})\n"
+        "assert [x.id for x in ps] == ['ok/1'] and errs[0].field == 'prompt', errs",
+    )
+    print("5 MB prompt:", out)
+    assert out["outcome"] == "ok", out
+    assert out["grew"] < 1 * GB and out["seconds"] < 5, out
+
+
+def _job(tmp_path: Path, *args: str, job: str = "jobs/explore.py") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, job, "--run-dir", str(tmp_path / "run"), *args],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "models.smollm2.path=/no/such/model"], "models.smollm2.path: model '/no/such/model'"),
+        (["--set", "models.smollm2.path=org/not-cached"], "models.smollm2.path: model 'org/not-cached' is not in the local"),
+        (["--set", "data.source=jsonl", "--set", "data.path=/no/such.jsonl"], "problem file /no/such.jsonl does not exist"),
+        (["--config", "/dev/null"], "is empty"),
+        (["--run-dir", "/proc/version"], "run dir /proc/version is a file"),
+        (["--run-dir", "/proc/no/run"], "run dir /proc/no/run cannot be written"),
+    ],
+    ids=["model-path", "hub-id-offline", "problems-missing", "empty-config", "rundir-file", "rundir-unwritable"],
+)  # fmt: skip
+def test_a_job_given_bad_input_says_so_in_one_line_and_exits_2(tmp_path, args, needle):
+    t0 = time.monotonic()
+    proc = _job(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = [line for line in proc.stderr.splitlines() if " INFO " not in line]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 60  # before Ray starts: no stage ran
