@@ -405,3 +405,59 @@ def test_a_job_given_bad_input_says_so_in_one_line_and_exits_2(tmp_path, args, n
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - t0 < 60  # before Ray starts: no stage ran
+
+
+# ---------------------------------------------------------------- the sandbox CLI
+
+
+def _sandbox(tmp_path: Path, *args: str, program: bytes = b"def add(a, b):\n    return a + b\n",
+             tests: bytes = b'["assert add(1, 2) == 3"]') -> subprocess.CompletedProcess:  # fmt: skip
+    (tmp_path / "prog.py").write_bytes(program)
+    (tmp_path / "tests.json").write_bytes(tests)
+    argv = ["--program", str(tmp_path / "prog.py"), "--tests", str(tmp_path / "tests.json"),
+            "--entry-point", "add", *args]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bdc_ray.sandbox", "run", *argv],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+
+
+# (extra flags, program bytes, tests bytes, substring of the one error line)
+BAD_SANDBOX = [
+    (["--timeout", "-1"], None, None, "--timeout: '-1': give seconds per test, more than 0"),
+    (["--timeout", "0"], None, None, "more than 0 and at most 3600"),
+    (["--timeout", "nan"], None, None, "--timeout: 'nan'"),
+    (["--timeout", "inf"], None, None, "--timeout: 'inf'"),
+    (["--timeout", "1e9"], None, None, "at most 3600"),
+    (["--timeout", "soon"], None, None, "'soon' is not a number of seconds"),
+    (["--max-bytes", "-5"], None, None, "--max-bytes: '-5': give a positive number"),
+    (
+        [],
+        b"def add(a, b):\n    return '\xff'\n",
+        None,
+        "program",
+    ),
+    ([], None, b'["assert add(1, 2) == 3", "\xe9"]', "tests file"),
+    ([], b"x = 1\n" * 300_000, None, "is larger than 1048576 bytes"),
+    (["--max-bytes", "10"], None, None, "is larger than 10 bytes; raise --max-bytes"),
+    ([], None, b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ([], None, b'{"entry_point": 5, "tests": ["assert 1"]}', "entry_point must be a function"),
+]
+
+
+@pytest.mark.parametrize("flags,program,tests,needle", BAD_SANDBOX, ids=[f"sandbox{i}" for i in range(len(BAD_SANDBOX))])  # fmt: skip
+def test_the_sandbox_cli_refuses_bad_flags_and_files_with_exit_2(tmp_path, flags, program, tests, needle):  # fmt: skip
+    kw = {k: v for k, v in (("program", program), ("tests", tests)) if v is not None}
+    proc = _sandbox(tmp_path, *flags, **kw)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error: " in last and needle in last, proc.stderr
+    if program is not None and b"\xff" in program:
+        assert "line 2: not UTF-8" in last
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000
+
+
+def test_the_sandbox_cli_still_passes_a_correct_program_within_its_limits(tmp_path):
+    proc = _sandbox(tmp_path, "--timeout", "5", "--max-bytes", "4096", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["passed"] is True
