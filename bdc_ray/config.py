@@ -528,6 +528,20 @@ class ServeConfig(_Strict):
         "supports it, float32 on CPU",
     )
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask")
+    max_body_bytes: int = Field(
+        2 * 2**20,
+        ge=1024,
+        description="largest request body, in bytes: a longer one is answered 413 from its "
+        "Content-Length, or as soon as that much has arrived, before any JSON is parsed",
+        json_schema_extra=_NOT_HASHED,
+    )
+    max_prompt_bytes: int = Field(
+        256 * 1024,
+        ge=16,
+        description="largest prompt (a chat: its messages together), in UTF-8 bytes, checked "
+        "before it is tokenized; then its tokens plus max_tokens must fit the model's context",
+        json_schema_extra=_NOT_HASHED,
+    )
     max_n: int = Field(8, ge=1, description="largest n (choices per prompt) a request may ask")
     health_check_period_s: float = Field(
         10.0,
