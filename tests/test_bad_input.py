@@ -461,3 +461,24 @@ def test_the_sandbox_cli_still_passes_a_correct_program_within_its_limits(tmp_pa
     proc = _sandbox(tmp_path, "--timeout", "5", "--max-bytes", "4096", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["passed"] is True
+
+
+def test_a_pipeline_run_skips_a_5mb_prompt_and_scores_the_other_problems(ray_session, tmp_path):
+    """The 5 MB prompt had reached the model actor (21.7 GB, killed again and again) and the
+    job died without the other problems' results."""
+    from tests.helpers import pipeline
+
+    rows = [_row(task_id="huge", prompt="def huge():\n" + "x" * 5_000_000)]
+    rows += [_row(task_id=f"ok/{i}", prompt=f"def one():\n    # {i}\n") for i in range(4)]
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b"".join(rows))
+    run = tmp_path / "run"
+    results = pipeline.full(
+        ["--run-dir", str(run), "--stages", "zero_shot", "--set", "data.source=jsonl",
+         "--set", f"data.path={p}", "--set", "models.smollm2.path=tiny-random-llama",
+         "--set", "eval.max_tokens=8"]
+    )  # fmt: skip
+    m = results["methods"]["base_zero_shot"]
+    assert m["n"] == 2  # half of the 4 usable problems are the test split
+    assert set(results["problems"]) <= {f"ok/{i}" for i in range(4)}
+    assert len(results["problems"]) == 2
