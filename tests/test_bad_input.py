@@ -482,3 +482,18 @@ def test_a_pipeline_run_skips_a_5mb_prompt_and_scores_the_other_problems(ray_ses
     assert m["n"] == 2  # half of the 4 usable problems are the test split
     assert set(results["problems"]) <= {f"ok/{i}" for i in range(4)}
     assert len(results["problems"]) == 2
+
+
+def test_a_prompt_that_fills_the_context_is_answered_alone_without_reaching_the_model(
+    tiny_backend,
+):
+    from bdc_ray.llm.base import Sampling
+
+    context = tiny_backend.model.config.max_position_embeddings
+    long = "word " * (context + 100)
+    s = Sampling(max_tokens=4)
+    out = tiny_backend.generate(["def f():", long, "x = "], s)
+    assert out[1].finish_reason == "length" and out[1].text == "" and out[1].completion_tokens == 0
+    assert out[1].prompt_tokens > context and "fills the model's context" in out[1].meta["error"]
+    for i, p in ((0, "def f():"), (2, "x = ")):
+        assert out[i].text == tiny_backend.generate([p], s)[0].text
