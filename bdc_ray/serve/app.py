@@ -142,6 +142,9 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+_UNPARSED = "There was an error parsing the body"  # FastAPI's detail, whatever the cause
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
@@ -151,8 +154,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         msg = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 413:
         return _too_large()
-    elif exc.status_code == 400 and exc.__cause__ is not None:
-        # FastAPI answers any failure to parse a body with one fixed sentence; say which
+    elif exc.detail == _UNPARSED and exc.__cause__ is not None:
+        # FastAPI answers any failure to parse a body with this one sentence; say which
         cause = exc.__cause__
         if isinstance(cause, RecursionError):
             msg = "malformed JSON body: nested too deeply to parse; flatten it"
