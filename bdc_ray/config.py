@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import reprlib
 import sys
 import types
 from pathlib import Path
@@ -42,10 +44,17 @@ SandboxLayer = Literal[
 
 class _Strict(BaseModel):
     # revalidate_instances: a config that crossed a process boundary (pickled into an actor,
-    # a Ray Train worker, a Tune trial) is checked again by `Model.model_validate(cfg)` there
+    # a Ray Train worker, a Tune trial) is checked again by `Model.model_validate(cfg)` there.
+    # allow_inf_nan=False: `.inf` or `.nan` passes every gt/le bound test and fails much later
+    # (a timeout that overflows after generation), so no float of the config may be one
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, revalidate_instances="always"
+        extra="forbid", validate_assignment=True, revalidate_instances="always", allow_inf_nan=False
     )
+
+
+# A field marked so is an operational limit (how much input is accepted), not a setting of what
+# a stage computes: stage fingerprints leave it out, so raising a limit reruns nothing.
+_NOT_HASHED = {"fingerprint": False}
 
 
 class DataConfig(_Strict):
@@ -85,6 +94,20 @@ class DataConfig(_Strict):
         None,
         ge=1,
         description="use only the first N test problems (a prefix of the full split; null: all)",
+    )
+    max_row_bytes: int = Field(
+        16 * 2**20,
+        ge=1024,
+        description="longest line of a JSONL file, in bytes; a longer row is skipped (reported "
+        "with file and line) before it is parsed",
+        json_schema_extra=_NOT_HASHED,
+    )
+    max_prompt_bytes: int = Field(
+        64 * 1024,
+        ge=16,
+        description="longest problem statement, in UTF-8 bytes; a row with a longer one is "
+        "skipped (reported with file and line) before any model sees it",
+        json_schema_extra=_NOT_HASHED,
     )
 
     @model_validator(mode="after")
@@ -518,6 +541,20 @@ class ServeConfig(_Strict):
         "supports it, float32 on CPU",
     )
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask")
+    max_body_bytes: int = Field(
+        2 * 2**20,
+        ge=1024,
+        description="largest request body, in bytes: a longer one is answered 413 from its "
+        "Content-Length, or as soon as that much has arrived, before any JSON is parsed",
+        json_schema_extra=_NOT_HASHED,
+    )
+    max_prompt_bytes: int = Field(
+        256 * 1024,
+        ge=16,
+        description="largest prompt (a chat: its messages together), in UTF-8 bytes, checked "
+        "before it is tokenized; then its tokens plus max_tokens must fit the model's context",
+        json_schema_extra=_NOT_HASHED,
+    )
     max_n: int = Field(8, ge=1, description="largest n (choices per prompt) a request may ask")
     health_check_period_s: float = Field(
         10.0,
@@ -525,7 +562,7 @@ class ServeConfig(_Strict):
         description="seconds between Serve's health checks; a replica that hit a CUDA error is "
         "replaced",
     )
-    solve_timeout_s: float = Field(3.0, gt=0, description="/v1/solve: seconds per test")
+    solve_timeout_s: float = Field(3.0, gt=0, le=3600, description="/v1/solve: seconds per test")
     sandbox_workers: int = Field(2, ge=1, description="/v1/solve: programs run at once")
 
     @model_validator(mode="after")
@@ -558,6 +595,7 @@ class EvalConfig(_Strict):
     timeout_s: float = Field(
         3.0,
         gt=0,
+        le=3600,
         description="seconds each test may run in the sandbox, in search and evaluation (a "
         "program's whole run gets 4x)",
     )
@@ -619,6 +657,7 @@ class Config(_Strict):
     base_model: str = Field("default", description="key into `models`: the System-1 model")
     agents: list[AgentConfig] = Field(
         default_factory=lambda: [AgentConfig(name="agent_a"), AgentConfig(name="agent_b")],
+        min_length=1,
         description="the agents of the search, in order (names unique; at least one)",
     )
     search: SearchConfig = Field(
@@ -660,21 +699,125 @@ class Config(_Strict):
         return self
 
     def fingerprint(self, *sections: str) -> str:
-        """Stable hash of the named sections (all when none): a stage reruns when it changes."""
-        data = self.model_dump(mode="json")
+        """Stable hash of the named sections (all when none): a stage reruns when it changes.
+        Operational limits (fields marked `_NOT_HASHED`) are left out."""
+        data = _hashed(self)
         if sections:
             data = {s: data[s] for s in sections}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _hashed(value: Any) -> Any:
+    """`value` as JSON data without the fields marked `_NOT_HASHED`, at any depth."""
+    if isinstance(value, BaseModel):
+        return {
+            name: _hashed(getattr(value, name))
+            for name, field in type(value).model_fields.items()
+            if (field.json_schema_extra or {}).get("fingerprint", True)
+        }
+    if isinstance(value, dict):
+        return {str(k): _hashed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hashed(v) for v in value]
+    return to_jsonable_python(value)
+
+
 # ---------------------------------------------------------------- loading and overrides
+
+
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r}: expected a positive whole number (default {default})")
+    return value
+
+
+# Bounds on a config file, read before the config itself exists (so set by environment
+# variables, not keys): its size, and how many YAML nodes it stands for once every alias is
+# expanded. 9 aliases to 9 aliases, 9 levels deep, is a 200-byte file of 387 million nodes.
+CONFIG_LIMITS = {
+    "BDC_CONFIG_MAX_BYTES": (1 * 2**20, "most bytes of a config file"),
+    "BDC_CONFIG_MAX_NODES": (100_000, "most YAML values a file stands for, aliases expanded"),
+    "BDC_CONFIG_MAX_DEPTH": (64, "deepest nesting of a config file's YAML"),
+}
+
+
+def config_limit(name: str) -> int:
+    return _env_limit(name, CONFIG_LIMITS[name][0])
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a document deeper than BDC_CONFIG_MAX_DEPTH or standing
+    for more than BDC_CONFIG_MAX_NODES nodes with its aliases expanded. Composition shares an
+    aliased node, so the count is cheap and comes before anything is expanded (construction,
+    validation, the resolved config.yaml, an error message)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._max_nodes = config_limit("BDC_CONFIG_MAX_NODES")
+        self._max_depth = config_limit("BDC_CONFIG_MAX_DEPTH")
+        self._depth = 0
+        self._nodes = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
+
+    def _size(self, node: yaml.Node) -> int:
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.SequenceNode):
+                inner = sum(self._size(v) for v in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                inner = sum(self._size(k) + self._size(v) for k, v in node.value)
+            else:
+                inner = 0
+            self._sizes[id(node)] = 1 + inner
+        return self._sizes[id(node)]
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._nodes += n
+        if self._nodes > self._max_nodes:
+            raise ConfigError(
+                f"line {mark.line + 1}: the YAML stands for more than {self._max_nodes} values "
+                "once its aliases (*name) are expanded; write the values out, or raise "
+                "BDC_CONFIG_MAX_NODES"
+            )
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._size(node), event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > self._max_depth:
+            raise ConfigError(
+                f"line {event.start_mark.line + 1}: YAML nested more than {self._max_depth} "
+                "levels deep; flatten it, or raise BDC_CONFIG_MAX_DEPTH"
+            )
+        try:
+            self._count(1, event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _parse_value(text: str) -> Any:
     """`--set` values are YAML scalars/lists: 8, 0.5, true, null, [a, b], 'auto'."""
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -697,7 +840,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict | list):
             raise ConfigError(f"override {key}: {where} is a value, not a section")
     last = parts[-1]
-    value = _parse_value(raw)
+    try:
+        value = _parse_value(raw)
+    except ConfigError as e:
+        raise ConfigError(f"override {key}: {e}") from None
     if isinstance(node, list):
         node[_index(last, node, key)] = value
     else:
@@ -710,17 +856,28 @@ def _index(part: str, seq: list, where: str) -> int:
     return int(part)
 
 
+# an error message shows a bad value in short: a long string or a large list is cut, never
+# printed whole (it may be megabytes)
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 80
+_MAX_ERRORS = 20
+
+
 def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
     lines = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:_MAX_ERRORS]:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, e["loc"][:-1])
-            lines.append(f"{loc}: unknown key; allowed keys here: {allowed}")
+            lines.append(f"{_SHORT.repr(loc)[1:-1]}: unknown key; allowed keys here: {allowed}")
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            shown = "" if isinstance(got, dict) else f" (got {_SHORT.repr(got)})"
             lines.append(f"{loc or '(top level)'}: {e['msg']}{shown}")
+    if len(errors) > _MAX_ERRORS:
+        lines.append(f"... and {len(errors) - _MAX_ERRORS} more")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -753,22 +910,63 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load YAML (or defaults when `path` is None), apply overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at top level")
-        data = loaded
+        data = _read_config_file(Path(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, Config)) from None
+
+
+def _read_config_file(p: Path) -> dict[str, Any]:
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give --config a YAML file")
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    max_bytes = config_limit("BDC_CONFIG_MAX_BYTES")
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read(max_bytes + 1)  # never more than the limit, whatever the file
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
+    if len(raw) > max_bytes:
+        raise ConfigError(
+            f"config file {p} is larger than {max_bytes} bytes; a config is a few KB (raise "
+            "BDC_CONFIG_MAX_BYTES if yours really is this large)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {p}, line {line}: not UTF-8 text ({e.reason})") from None
+    try:
+        loaded = _load_yaml(text)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}, {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
+    if loaded is None:
+        # an empty file meaning "all defaults" hid a wrong --config for minutes, until a stage
+        # failed on something unrelated
+        raise ConfigError(
+            f"config file {p} is empty (or only comments); start from configs/local.yaml, or "
+            "write `{}` for every default"
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at top level")
+    return loaded
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with the line number, without its echo of the text."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem is None:
+        return _SHORT.repr(str(e).splitlines()[0] if str(e) else type(e).__name__)[1:-1]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(e, "context", None)
+    return where + (f"{context}: " if context else "") + problem
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -808,6 +1006,11 @@ command line, in the order given:
 
 The method behind the search constants (P-UCB, backup, pruning, refinement) is described in
 `docs/method.md`.
+
+Every float must be finite (`.inf` and `.nan` are refused). The config file itself is bounded
+before it is parsed, by environment variables (it cannot set its own limits):
+
+{{limits}}
 """
 
 _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
@@ -924,7 +1127,10 @@ def _sections(
 def config_reference_markdown() -> str:
     """The Markdown reference of every config key: one table (key, type, default, description)
     per section, generated from the models above; configs/README.md holds its output."""
-    parts = [_INTRO]
+    limits = "\n".join(
+        f"- `{name}` (default {default}): {what}" for name, (default, what) in CONFIG_LIMITS.items()
+    )
+    parts = [_INTRO.replace("{limits}", limits)]
     listed = [
         f"- `{name}`: {' '.join((field.description or '').split())}"
         for name, field in Config.model_fields.items()

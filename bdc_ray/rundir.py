@@ -35,6 +35,30 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be one: a file, or a place that cannot be written."""
+
+
+def check_run_dir(root: str | Path) -> Path:
+    """Create `root` if needed and prove it writable by writing a file there; raise
+    RunDirError naming it otherwise. A job calls this before its first stage, so a bad
+    --run-dir is one line, not a traceback after minutes of work that then has nowhere to go."""
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run dir {path} is a file; give --run-dir a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".bdc-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunDirError(
+            f"run dir {path} cannot be written ({e.strerror or e}); give --run-dir a folder you "
+            "can write"
+        ) from None
+    return path
+
+
 class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

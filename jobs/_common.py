@@ -42,18 +42,46 @@ def parser(description: str, epilog: str | None = None) -> argparse.ArgumentPars
     return p
 
 
-def load(args: argparse.Namespace) -> Config:
+def load(args: argparse.Namespace, models: bool = True, data: bool = True) -> Config:
+    """The config, checked with what it names, before Ray starts or any stage runs: the run
+    dir (writable), the models (`models`: each resolves on this machine) and the problems
+    (`data`: the file loads with at least one usable row). A mistake ends the job here with
+    one line and exit code 2; the resolved config is saved as RUN_DIR/config.yaml."""
     logging.basicConfig(
         level=os.environ.get("BDC_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from bdc_ray.data import ProblemLoadError
+    from bdc_ray.llm.models import ModelNotFoundError
+    from bdc_ray.rundir import RunDirError, check_run_dir
+
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        if models:
+            check_models(cfg)
+        if data:
+            from bdc_ray.data import load_problems
+
+            load_problems(cfg.data)
+        check_run_dir(args.run_dir)  # last: nothing is created for input that fails
+    except (ConfigError, ModelNotFoundError, RunDirError, ProblemLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     save_config(cfg, Path(args.run_dir) / "config.yaml")
     return cfg
+
+
+def check_models(cfg: Config) -> None:
+    """Every model the config defines resolves here (an openai one is remote: not checked)."""
+    from bdc_ray.llm.models import ModelNotFoundError, check_model
+
+    for name, m in cfg.models.items():
+        if m.backend == "openai":
+            continue
+        try:
+            check_model(m.path)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"models.{name}.path: {e}") from None
 
 
 def init_ray(cfg: Config) -> None:
@@ -121,9 +149,10 @@ def run_main(main, argv: list[str] | None = None):
     from bdc_ray.llm.models import ModelNotFoundError
     from bdc_ray.methods import UnknownMethod
     from bdc_ray.pipeline.stages import StageInputError
+    from bdc_ray.rundir import RunDirError
 
     user_errors = (ExampleError, ClusterError, AdapterMismatch, ProblemLoadError,
-                   ModelNotFoundError, StageInputError, UnknownMethod)  # fmt: skip
+                   ModelNotFoundError, StageInputError, UnknownMethod, RunDirError)  # fmt: skip
     try:
         return main(argv)
     except user_errors as e:

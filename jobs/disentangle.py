@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--force", action="store_true", help="recluster even if outputs exist")
     args = p.parse_args(argv)
-    cfg = load(args)
+    cfg = load(args, models=False, data=False)  # training_examples reads what it needs
     run = RunDir(args.run_dir)
     training_examples(cfg, run)  # a malformed example file fails here, before Ray starts
     init_ray(cfg)

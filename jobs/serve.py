@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> str:
         args.overrides.append(f"serve.host={args.host}")
     if args.port:
         args.overrides.append(f"serve.port={args.port}")
-    cfg = load(args)
+    cfg = load(args, models=False, data=False)  # the served run names its own model
     try:
         served = ServedSolver(args.run_dir, cfg.serve)  # bad settings fail before Ray starts
     except (ValueError, FileNotFoundError) as e:

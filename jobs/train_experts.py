@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--experts", nargs="*", default=None, help="train only these (full cluster_0 ...)"
     )
     args = p.parse_args(argv)
-    cfg = load(args)
+    cfg = load(args, data=False)  # reads no problem file
     run = RunDir(args.run_dir)
     init_ray(cfg)
     summary = train_experts(cfg, run, args.experts)

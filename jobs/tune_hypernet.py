@@ -21,7 +21,7 @@ from bdc_ray.rundir import RunDir
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = load(args)
+    cfg = load(args, data=False)  # reads no problem file
     run = RunDir(args.run_dir)
     init_ray(cfg)
     summary = tune_hypernet(cfg, run)

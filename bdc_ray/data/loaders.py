@@ -8,7 +8,11 @@ JSONL schemas (one JSON object per line; documented in the README):
   APPS's ``input_output: {"inputs": [...], "outputs": [...]}`` (an object or a JSON string).
 
 A malformed row is reported with file, line and field; the rest still loads, unless
-``strict`` is set, in which case the load fails naming every bad row.
+``strict`` is set, in which case the load fails naming every bad row. A row longer than
+``max_row_bytes`` is skipped without being read into memory whole, one whose statement is
+longer than ``max_prompt_bytes`` before any model sees it, and one that is not UTF-8 on its
+own: the file is read as bytes, a line at a time. A file that is missing, empty or has no
+usable row fails as a whole (:class:`ProblemLoadError`, which the jobs report in one line).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +43,21 @@ class RowError:
 
 
 class ProblemLoadError(ValueError):
-    def __init__(self, errors: list[RowError]) -> None:
+    """The problems cannot be used: bad rows in strict mode (`errors`), or the file as a whole
+    (missing, unreadable, empty, nothing usable in it; then `errors` lists the bad rows, if any)."""
+
+    def __init__(self, errors: list[RowError], message: str | None = None) -> None:
         self.errors = errors
         shown = "\n  ".join(str(e) for e in errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{len(errors)} malformed problem row(s):\n  {shown}{more}")
+        rows = f"{len(errors)} malformed problem row(s):\n  {shown}{more}" if errors else ""
+        super().__init__(f"{message}\n  {rows}" if message and rows else message or rows)
+
+
+# defaults of DataConfig.max_row_bytes / max_prompt_bytes, for callers without a config
+MAX_ROW_BYTES = 16 * 2**20
+MAX_PROMPT_BYTES = 64 * 1024
+_WARN_ROWS = 20  # bad rows logged one by one; beyond that, a count
 
 
 class _RowProblem(ValueError):
@@ -64,11 +80,25 @@ def load_humaneval() -> list[Problem]:
 
 
 def _open(path: Path):
-    return (
-        gzip.open(path, "rt", encoding="utf-8")
-        if path.suffix == ".gz"
-        else open(path, encoding="utf-8")
-    )
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _lines(fh, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of each line; None for a line longer than `max_bytes`, whose rest
+    is skipped in chunks, never held whole."""
+    lineno = 0
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while chunk := fh.readline(2**20):
+                if chunk.endswith(b"\n"):
+                    break
+            yield lineno, None
+            continue
+        yield lineno, line
 
 
 def _str_field(row: dict, *names: str, required: bool = True) -> str | None:
@@ -156,53 +186,98 @@ def _detect(row: dict) -> str:
     return "function" if "entry_point" in row or "test" in row else "stdio"
 
 
+def _row(line: bytes | None, fmt: str, max_row_bytes: int, max_prompt_bytes: int) -> Problem | None:
+    """The problem of one line (None for a blank line); _RowProblem names what is wrong."""
+    if line is None:
+        raise _RowProblem(
+            "(row)", f"longer than {max_row_bytes} bytes (data.max_row_bytes); skipped unread"
+        )
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _RowProblem("(row)", f"not UTF-8 at byte {e.start + 1} ({e.reason})") from None
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _RowProblem("(row)", f"not valid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise _RowProblem("(row)", "JSON nested too deeply") from None
+    if not isinstance(row, dict):
+        raise _RowProblem("(row)", "must be a JSON object")
+    for name in ("prompt", "question"):  # checked before the row is turned into tests
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > max_prompt_bytes // 4:
+            size = len(value.encode("utf-8"))
+            if size > max_prompt_bytes:
+                raise _RowProblem(
+                    name, f"{size} bytes, more than data.max_prompt_bytes ({max_prompt_bytes})"
+                )
+    kind = _detect(row) if fmt == "auto" else fmt
+    return _function_row(row) if kind == "function" else _stdio_row(row)
+
+
 def load_jsonl(
-    path: str | Path, fmt: str = "auto", strict: bool = False
+    path: str | Path,
+    fmt: str = "auto",
+    strict: bool = False,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    max_prompt_bytes: int = MAX_PROMPT_BYTES,
 ) -> tuple[list[Problem], list[RowError]]:
     """Load problems from JSONL (optionally gzipped). Returns (problems, row errors); with
-    `strict`, raises ProblemLoadError listing every bad row instead."""
+    `strict`, raises ProblemLoadError listing every bad row instead. A file that is missing,
+    unreadable or holds no row at all raises ProblemLoadError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"problem file {path} does not exist")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ProblemLoadError([], f"problem file {path} {what}; set data.path to a JSONL file")
     problems: list[Problem] = []
     errors: list[RowError] = []
     seen: dict[str, int] = {}
-    with _open(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
+    try:
+        with _open(path) as fh:
+            for lineno, line in _lines(fh, max_row_bytes):
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _RowProblem(
-                        "(row)", f"not valid JSON: {e.msg} at column {e.colno}"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise _RowProblem("(row)", "must be a JSON object")
-                kind = _detect(row) if fmt == "auto" else fmt
-                problem = _function_row(row) if kind == "function" else _stdio_row(row)
-                if problem.id in seen:
-                    raise _RowProblem(
-                        "task_id", f"duplicate id {problem.id!r} (first on line {seen[problem.id]})"
-                    )
-                seen[problem.id] = lineno
-                problems.append(problem)
-            except _RowProblem as e:
-                errors.append(RowError(str(path), lineno, e.field, str(e)))
+                    problem = _row(line, fmt, max_row_bytes, max_prompt_bytes)
+                    if problem is None:
+                        continue
+                    if problem.id in seen:
+                        first = seen[problem.id]
+                        raise _RowProblem(
+                            "task_id", f"duplicate id {problem.id!r} (first on line {first})"
+                        )
+                    seen[problem.id] = lineno
+                    problems.append(problem)
+                except _RowProblem as e:
+                    errors.append(RowError(str(path), lineno, e.field, str(e)))
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken .gz
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ProblemLoadError(errors, f"problem file {path} cannot be read: {reason}") from None
+    if not problems and not errors:
+        raise ProblemLoadError([], f"problem file {path} is empty: one JSON object per line")
     if errors:
         if strict:
             raise ProblemLoadError(errors)
-        for e in errors:
+        for e in errors[:_WARN_ROWS]:
             log.warning("skipping malformed problem row: %s", e)
+        if len(errors) > _WARN_ROWS:
+            log.warning("... and %d more malformed rows skipped", len(errors) - _WARN_ROWS)
     return problems, errors
 
 
 def load_problems(data_cfg: Any) -> list[Problem]:
-    """Problems named by a :class:`bdc_ray.config.DataConfig`."""
+    """Problems named by a :class:`bdc_ray.config.DataConfig`. Raises ProblemLoadError when
+    none is usable (a bad row alone is skipped, unless data.strict)."""
     if data_cfg.source == "humaneval":
         return load_humaneval()
-    problems, _ = load_jsonl(data_cfg.path, fmt=data_cfg.format, strict=data_cfg.strict)
+    problems, errors = load_jsonl(
+        data_cfg.path,
+        fmt=data_cfg.format,
+        strict=data_cfg.strict,
+        max_row_bytes=data_cfg.max_row_bytes,
+        max_prompt_bytes=data_cfg.max_prompt_bytes,
+    )
     if not problems:
-        raise ValueError(f"no usable problem in {data_cfg.path}")
+        raise ProblemLoadError(errors, f"no usable problem in {data_cfg.path}")
     return problems

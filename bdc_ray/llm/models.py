@@ -170,6 +170,44 @@ def _from_hub(spec: str) -> Path:
         ) from e
 
 
+def check_model(spec: str) -> None:
+    """Raise ModelNotFoundError when `spec` cannot resolve on this machine, without building or
+    downloading it: a job checks every model so before it starts Ray, where an unknown path
+    would end as a replica's ActorDiedError minutes later. A hub id passes when its files are
+    in the local cache or, online, when the hub knows it."""
+    if spec in (EMBEDDED, TINY):
+        built = {n for n in (EMBEDDED, TINY) if (cache_dir() / "models" / n / _COMPLETE).exists()}
+        if spec not in built and EMBEDDED not in built:
+            gguf_path()  # both are built from the embedded GGUF
+        return
+    local = Path(spec).expanduser()
+    if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        resolve_model(spec)  # a local folder (cheap) or a path that is not one: its error
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(spec, local_files_only=True)
+        return
+    except Exception as e:  # noqa: BLE001 - not in the cache, in one of many ways
+        cached = e
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise ModelNotFoundError(
+            f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it on a machine with network, or point `path` at a local folder"
+        ) from cached
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except Exception as e:  # noqa: BLE001 - unknown repo, gated, or no network
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ModelNotFoundError(
+            f"model {spec!r} is not in the local Hugging Face cache and the hub does not serve "
+            f"it ({reason[:200]}); check the id, or point `path` at a local folder"
+        ) from e
+
+
 def resolve_model(spec: str) -> Path:
     """Return a local folder with config.json, tokenizer and weights for `spec`."""
     if spec == EMBEDDED:

@@ -85,9 +85,22 @@ class TransformersBackend:
             self.tokenizer(t, add_special_tokens=not is_chat)["input_ids"]
             for t, is_chat in zip(texts, chat, strict=True)
         ]
-        # sort by length so each micro-batch pads little; answers go back in input order
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[Completion | None] = [None] * len(encoded)
+        # a prompt that fills the model's context is answered empty ("length") on its own
+        # instead of reaching the model: its attention grew to tens of GB on a 5 MB prompt and
+        # the actor, killed again and again, took every other prompt of the call with it
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        for i, ids in enumerate(encoded):
+            if context and len(ids) >= context:
+                log.warning("prompt %d: %d tokens fill the context of %d", i, len(ids), context)
+                out[i] = Completion(
+                    "", len(ids), 0, "length",
+                    meta={"error": f"prompt of {len(ids)} tokens fills the model's context "
+                          f"of {context}"},
+                )  # fmt: skip
+        # sort by length so each micro-batch pads little; answers go back in input order
+        order = sorted((i for i in range(len(encoded)) if out[i] is None),
+                       key=lambda i: len(encoded[i]))  # fmt: skip
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.max_batch_size):

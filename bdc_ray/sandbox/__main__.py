@@ -26,16 +26,65 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def _problem_from_tests(path: Path, entry_point: str | None) -> Problem:
+MAX_TIMEOUT_S = 3600.0
+
+
+def _timeout(text: str) -> float:
+    """--timeout: finite and in (0, 3600]. -1 made every test of a correct program "time out",
+    nan made every run fail to set up: false verdicts, not errors."""
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        _fail(f"tests file {path} does not exist")
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value <= MAX_TIMEOUT_S):  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give seconds per test, more than 0 and at most {MAX_TIMEOUT_S:.0f}"
+        )
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of bytes")
+    return value
+
+
+def _read(path: Path, what: str, max_bytes: int) -> str:
+    """The UTF-8 text of `path`, reading at most `max_bytes` + 1 bytes of it."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except OSError as e:
+        _fail(f"cannot read {what} {path}: {e.strerror}")
+    if len(raw) > max_bytes:
+        _fail(f"{what} {path} is larger than {max_bytes} bytes; raise --max-bytes if it must be")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        _fail(f"{what} {path}, line {line}: not UTF-8 text ({e.reason}); save it as UTF-8")
+    raise AssertionError
+
+
+def _problem_from_tests(path: Path, entry_point: str | None, max_bytes: int) -> Problem:
+    text = _read(path, "tests file", max_bytes)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         _fail(f"tests file {path} is not JSON: {e.msg} (line {e.lineno})")
+    except RecursionError:
+        _fail(f"tests file {path}: JSON nested too deeply")
     if isinstance(data, dict):
         entry_point = data.get("entry_point", entry_point)
         data = data.get("tests")
+        if entry_point is not None and not (
+            isinstance(entry_point, str) and entry_point.isidentifier()
+        ):
+            _fail(f"tests file {path}: entry_point must be a function name")
     if isinstance(data, list) and data and all(isinstance(t, str) for t in data):
         if not entry_point:
             _fail("function tests need the function's name: --entry-point NAME")
@@ -58,14 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--tests", type=Path, help="JSON file of tests (see --help)")
     run.add_argument("--entry-point")
     run.add_argument("--which", choices=["all", "public", "hidden"], default="all")
-    run.add_argument("--timeout", type=float, default=3.0, help="seconds per test")
+    run.add_argument(
+        "--timeout", type=_timeout, default=3.0, help="seconds per test, in (0, 3600] (default 3)"
+    )
+    run.add_argument(
+        "--max-bytes",
+        type=_size,
+        default=2**20,
+        help="largest program or tests file accepted, in bytes (default 1 MiB)",
+    )
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     args = ap.parse_args(argv)
 
-    try:
-        program = args.program.read_text()
-    except OSError as e:
-        _fail(f"cannot read program {args.program}: {e.strerror}")
+    program = _read(args.program, "program", args.max_bytes)
     if args.problem_id:
         from ..data.loaders import load_humaneval
 
@@ -74,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"unknown problem id {args.problem_id!r} (HumanEval ids look like HumanEval/0)")
         problem = problems[args.problem_id]
     else:
-        problem = _problem_from_tests(args.tests, args.entry_point)
+        problem = _problem_from_tests(args.tests, args.entry_point, args.max_bytes)
     limits = Limits(test_timeout_s=args.timeout, total_timeout_s=max(10.0, args.timeout * 4))
     with Sandbox(concurrency=1, limits=limits) as sb:
         result = sb.check(program, problem, tests=args.which)

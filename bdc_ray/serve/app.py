@@ -34,11 +34,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..config import ServeConfig
 from ..llm.base import Completion, Prompt, Sampling
-from .engine import UNIFORM, BatchEngine, GenRequest
+from .engine import UNIFORM, BatchEngine, GenRequest, RowError
 from .protocol import (
     APIError,
     ChatRequest,
@@ -60,6 +62,7 @@ app = FastAPI(
 
 # set by the replica's constructor; read by the middleware of this process's app
 _AUTH: dict[str, str | None] = {"key_sha256": None}
+_LIMITS: dict[str, int] = {"max_body_bytes": ServeConfig().max_body_bytes}
 
 
 def key_digest(key: str) -> str:
@@ -84,6 +87,39 @@ async def _require_key(request: Request, call_next):
     return await call_next(request)
 
 
+def _too_large() -> JSONResponse:
+    return JSONResponse(
+        error_body(
+            f"request body is larger than {_LIMITS['max_body_bytes']} bytes "
+            "(serve.max_body_bytes); send a shorter prompt",
+            code="request_too_large",
+        ),
+        status_code=413,
+    )
+
+
+class _BodyLimit:
+    """This replica's serve.max_body_bytes (known once the replica starts, after this module's
+    app exists): a body whose Content-Length is larger is answered 413 before anything is read;
+    one without is counted as it arrives by Starlette's RequestBodyLimitMiddleware, whose 413
+    reaches `_http_error` below. Both come before FastAPI parses any JSON: a 20 MB prompt had
+    been read, parsed and tokenized first (26 s, 8.7 GB)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        limit = _LIMITS["max_body_bytes"]
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length", "")
+            if length.isdigit() and int(length) > limit:
+                return await _too_large()(scope, receive, send)
+        await RequestBodyLimitMiddleware(self.app, limit)(scope, receive, send)
+
+
+app.add_middleware(_BodyLimit)  # added last, so outermost: before the key check reads anything
+
+
 def _where(loc: tuple) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
@@ -106,22 +142,42 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+_UNPARSED = "There was an error parsing the body"  # FastAPI's detail, whatever the cause
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     msg = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    code = None
     if exc.status_code == 404:
         msg = f"no route {request.method} {request.url.path}"
-    return JSONResponse(error_body(msg, type=kind), status_code=exc.status_code)
+    elif exc.status_code == 413:
+        return _too_large()
+    elif exc.detail == _UNPARSED and exc.__cause__ is not None:
+        # FastAPI answers any failure to parse a body with this one sentence; say which
+        cause = exc.__cause__
+        if isinstance(cause, RecursionError):
+            msg = "malformed JSON body: nested too deeply to parse; flatten it"
+        else:
+            msg = f"malformed JSON body: {str(cause)[:200] or type(cause).__name__}"
+        code = "invalid_json"
+    return JSONResponse(error_body(msg, type=kind, code=code), status_code=exc.status_code)
 
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        error_body(f"internal error: {type(exc).__name__}: {exc}", type="server_error"),
+        error_body(f"internal error: {type(exc).__name__}: {str(exc)[:300]}", type="server_error"),
         status_code=500,
     )
+
+
+def _prompt_bytes(prompt: Prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt.encode("utf-8"))
+    return sum(len(m["content"].encode("utf-8")) for m in prompt)
 
 
 def _sse(obj: dict[str, Any] | str) -> str:
@@ -139,6 +195,7 @@ class SolverServer:
 
         self.cfg = ServeConfig.model_validate(settings)
         _AUTH["key_sha256"] = key_sha256
+        _LIMITS["max_body_bytes"] = self.cfg.max_body_bytes
         self.run_dir = Path(run_dir)
         self.solver = CustomizedSolver(
             run_dir,
@@ -164,16 +221,19 @@ class SolverServer:
 
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
-    async def generate(self, reqs: list[GenRequest]) -> list[Completion]:
+    async def generate(self, reqs: list[GenRequest]) -> list[Completion | RowError]:
+        """One batch; a request that failed alone gets its RowError, the others their answer
+        (engine.py), so one bad request never fails the rest of its batch."""
         self.window.batch_started([id(r) for r in reqs])
         try:
-            return await asyncio.to_thread(self.engine.run, reqs)
-        except RuntimeError as e:
-            if "CUDA" in str(e) or "out of memory" in str(e):
-                self._fatal = str(e)  # the health check hands the replica back to Serve
-            raise
+            out = await asyncio.to_thread(self.engine.run, reqs)
         finally:
             self.window.batch_finished(len(reqs))
+        for r in out:
+            e = r.error if isinstance(r, RowError) else None
+            if isinstance(e, RuntimeError) and ("CUDA" in str(e) or "out of memory" in str(e)):
+                self._fatal = str(e)  # the health check hands the replica back to Serve
+        return out
 
     async def _generate_row(self, req: GenRequest) -> Completion:
         """One row through the batch window (bdc_ray/serve/window.py) into `generate`."""
@@ -182,9 +242,12 @@ class SolverServer:
             size, wait = await self.window.admit(id(req))
             self.generate.set_max_batch_size(size)  # read by Serve when a row opens a batch
             self.generate.set_batch_wait_timeout_s(wait)
-            return await self.generate(req)
+            out = await self.generate(req)
         finally:
             self.window.leave(id(req))
+        if isinstance(out, RowError):
+            raise out.error
+        return out
 
     def check_health(self) -> None:
         if self._fatal:
@@ -228,7 +291,17 @@ class SolverServer:
                 param="max_tokens",
             )
         reqs, counts = [], []
+        param = "messages" if isinstance(body, ChatRequest) else "prompt"
         for i, p in enumerate(prompts):
+            size = _prompt_bytes(p)
+            if size > self.cfg.max_prompt_bytes:  # before tokenizing it
+                raise APIError(
+                    400,
+                    f"prompt {i} is {size} bytes; this server allows at most "
+                    f"{self.cfg.max_prompt_bytes} (serve.max_prompt_bytes)",
+                    param=param,
+                    code="context_length_exceeded",
+                )
             n_tok = self.engine.prompt_tokens(p)
             room = (self.context - n_tok) if self.context else limit
             want = budget if budget is not None else min(limit, room)
@@ -237,7 +310,7 @@ class SolverServer:
                     400,
                     f"prompt {i} has {n_tok} tokens; with max_tokens {want} that exceeds the "
                     f"model's context of {self.context} tokens",
-                    param="messages" if isinstance(body, ChatRequest) else "prompt",
+                    param=param,
                     code="context_length_exceeded",
                 )
             sampling = Sampling(
@@ -312,7 +385,9 @@ class SolverServer:
                     exc = tasks[i].exception()
                     if exc is not None:
                         log.exception("generation failed", exc_info=exc)
-                        yield _sse(error_body(f"generation failed: {exc}", type="server_error"))
+                        yield _sse(
+                            error_body(f"generation failed: {str(exc)[:300]}", type="server_error")
+                        )
                         yield _sse("[DONE]")
                         return
                     c = done[i] = tasks[i].result()

@@ -6,6 +6,11 @@ generates them together: requests that share sampling settings (temperature, top
 seed) go into one `generate` call, each row with its own token budget and its own gates (the
 hypernetwork's, the experts' mean, or one expert alone). A request with `on_text` receives its
 text as it is generated (streaming); the pieces always add up to the final text.
+
+A request that fails fails alone: when a `generate` call raises, each of its requests that has
+not streamed any text yet is generated again on its own, and only those that fail alone get
+the exception, in their place in the returned list (:class:`RowError`); the other groups of
+the batch are not touched.
 """
 
 from __future__ import annotations
@@ -90,6 +95,13 @@ class TextStream:
         self.sent = final
 
 
+@dataclass
+class RowError:
+    """The failure of one request of a batch, in that request's place in `run`'s result."""
+
+    error: Exception
+
+
 def sampling_key(s: Sampling) -> tuple:
     return (s.temperature, s.top_p, s.stop, s.seed, s.ignore_eos)
 
@@ -123,38 +135,63 @@ class BatchEngine:
                 g[i] = mix.expert_gates(1, self.experts.index(r.experts))[0].to(g.device)
         return g
 
-    def run(self, reqs: list[GenRequest]) -> list[Completion]:
-        """Completions in request order; each carries meta["gates"] ({expert: weight})."""
+    def run(self, reqs: list[GenRequest]) -> list[Completion | RowError]:
+        """Completions in request order, or a RowError for a request that failed on its own;
+        each completion carries meta["gates"] ({expert: weight})."""
         with self.stats.lock:
             self.stats.batches.append(len(reqs))
-        out: list[Completion | None] = [None] * len(reqs)
+        out: list[Completion | RowError | None] = [None] * len(reqs)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
             groups.setdefault(sampling_key(r.sampling), []).append(i)
         for idx in groups.values():
             group = [reqs[i] for i in idx]
-            budgets = [r.sampling.max_tokens for r in group]
-            sampling = replace(group[0].sampling, max_tokens=max(budgets))
-            streams = [
-                TextStream(self.tokenizer, sampling.stop, r.on_text) if r.on_text else None
-                for r in group
-            ]
-
-            def on_token(row: int, tok: int, streams=streams) -> None:
-                if streams[row] is not None:
-                    streams[row].push(tok)
-
-            done = self.solver.generate(
-                [r.prompt for r in group],
-                sampling,
-                gates=self._gates(group),
-                row_max_tokens=budgets,
-                on_token=on_token if any(streams) else None,
-            )
-            with self.stats.lock:
-                self.stats.generate_calls += 1
-            for i, c, stream in zip(idx, done, streams, strict=True):
-                if stream is not None:
-                    stream.finish(c.text)
+            streams = self._streams(group)
+            try:
+                done = self._generate(group, streams)
+            except Exception as e:  # noqa: BLE001 - whatever it was, it fails only its own rows
+                if len(group) == 1:
+                    out[idx[0]] = RowError(e)
+                    continue
+                log.warning("a batch of %d rows failed (%s); each is tried alone", len(group), e)
+                for i, r, stream in zip(idx, group, streams, strict=True):
+                    if stream is not None and stream.sent:  # streamed text cannot be taken back
+                        out[i] = RowError(e)
+                        continue
+                    try:
+                        out[i] = self._generate([r], self._streams([r]))[0]
+                    except Exception as alone:  # noqa: BLE001
+                        out[i] = RowError(alone)
+                continue
+            for i, c in zip(idx, done, strict=True):
                 out[i] = c
         return out  # type: ignore[return-value]
+
+    def _streams(self, group: list[GenRequest]) -> list[TextStream | None]:
+        stop = group[0].sampling.stop
+        return [TextStream(self.tokenizer, stop, r.on_text) if r.on_text else None for r in group]
+
+    def _generate(
+        self, group: list[GenRequest], streams: list[TextStream | None]
+    ) -> list[Completion]:
+        """One `generate` call for requests that share sampling settings."""
+        budgets = [r.sampling.max_tokens for r in group]
+        sampling = replace(group[0].sampling, max_tokens=max(budgets))
+
+        def on_token(row: int, tok: int) -> None:
+            if streams[row] is not None:
+                streams[row].push(tok)
+
+        done = self.solver.generate(
+            [r.prompt for r in group],
+            sampling,
+            gates=self._gates(group),
+            row_max_tokens=budgets,
+            on_token=on_token if any(streams) else None,
+        )
+        with self.stats.lock:
+            self.stats.generate_calls += 1
+        for c, stream in zip(done, streams, strict=True):
+            if stream is not None:
+                stream.finish(c.text)
+        return done

@@ -49,8 +49,14 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# a seed is a signed 64-bit integer, as torch.manual_seed (and vLLM) take it; 10**30 made the
+# whole batch the request was in fail with "Overflow when unpacking long long"
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: Python's json reads NaN and Infinity, which no field here can honour
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -60,7 +66,7 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     user: str | None = None
     # accepted for compatibility; only their neutral values
     frequency_penalty: float = 0.0
@@ -184,7 +190,7 @@ class SolveRequest(BaseModel):
     stdin/stdout problem. Tests: assert strings (call the function by name or `candidate`), or
     {input, output} objects."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = None
     problem: str = Field(min_length=1)
@@ -193,7 +199,7 @@ class SolveRequest(BaseModel):
     tests: list[str] | list[IOTest] | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
 
     @field_validator("tests")
     @classmethod
