@@ -342,3 +342,36 @@ def test_the_answer_key_is_out_of_reach_of_a_humaneval_program(sb):
     """)
     r = sb.check(cheat, problem)
     assert not r.passed and "ModuleNotFoundError" in r.feedback(1), r.feedback(1)
+
+
+def test_the_syscall_filter_denies_what_no_test_program_needs():
+    """Native code (no audit hook) asks the kernel directly: the filter answers."""
+    probe = textwrap.dedent("""
+        import ctypes, errno, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        def err(ret):
+            return ctypes.get_errno() if ret == -1 else 0
+        def add(a, b):
+            out = {
+                "unshare_user": err(libc.unshare(0x10000000)),
+                "mknod_fifo": err(libc.mknod(b"/tmp/f", 0o10644, 0)),
+                "ptrace": err(libc.ptrace(16, 1, 0, 0)),
+                "keyctl": err(libc.syscall(250, 0, 0, 0, 0)),
+                "bpf": err(libc.syscall(321, 0, 0, 0)),
+            }
+            try:
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                out["inet"] = 0
+            except OSError as e:
+                out["inet"] = e.errno
+            return out
+    """)
+    with Sandbox(concurrency=1, limits=Limits(audit_hook=False)) as sb:
+        r = sb.check(probe, ADD)
+    got = eval(r.tests[0].feedback.split("got: ")[1].splitlines()[0])
+    import errno
+
+    assert got == {
+        "unshare_user": errno.EPERM, "mknod_fifo": errno.EPERM, "ptrace": errno.EPERM,
+        "keyctl": errno.EPERM, "bpf": errno.EPERM, "inet": errno.EAFNOSUPPORT,
+    }, got  # fmt: skip
