@@ -102,6 +102,13 @@ class _Recorded(BaseException):
     """Raised by the recorder at a test's first call: the call is what the run answers ahead."""
 
 
+@functools.lru_cache(maxsize=4096)
+def foreseen(src: Compiled, entry_point: str) -> tuple[dict | None, ...]:
+    """record() once per problem's sources (every check of a problem foresees the same calls; a
+    test whose call comes out different, e.g. from a random draw, is called live anyway)."""
+    return tuple(record(src, entry_point, helpers(src, entry_point)))
+
+
 def record(src: Compiled, entry_point: str, helpers: dict[str, Any]) -> list[dict | None]:
     """Each test's first call, found by running the test up to it with a recorder in place of
     the program: the run answers them all as soon as it has loaded, and the tests then read
@@ -137,7 +144,7 @@ class _Channel:
         per_test: float,
         deadline: float,
         max_reply: int,
-        foreseen: list[dict | None],
+        foreseen: tuple[dict | None, ...] | list[dict | None],
     ) -> None:
         self.sock, self.per_test, self.deadline = sock, per_test, deadline
         self.reader = protocol.Reader(sock, max_reply)
