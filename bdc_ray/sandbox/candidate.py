@@ -63,7 +63,7 @@ def _status(exc: BaseException) -> str:
     return "error"
 
 
-def start(req: dict, fds: list[int], uid: int | None) -> None:
+def start(req: dict, fds: list[int], uid: int | None, run_filter: Any) -> None:
     """In the run's process, forked by its slot (whose namespaces, /tmp, /proc and seccomp
     filter it inherits): the per-run layers, then the program. Never returns. A layer that
     cannot be applied ends the run before any program code runs."""
@@ -85,6 +85,8 @@ def start(req: dict, fds: list[int], uid: int | None) -> None:
         os.closerange(4 if chan is not None else 3, 1 << 16)
         rlimits.apply(limits, uid)
         creds.apply(uid)
+        if run_filter is not None:
+            run_filter.install()  # no new processes: see layers/seccomp.py
         _signal.signal(_SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if limits.get("audit_hook", True):
             audit.install()

@@ -24,7 +24,11 @@ from . import protocol
 _NOTHING = object()  # no value came back (unlike None, which a program may return)
 _STATUSES = ("passed", "failed", "error", "timeout", "memory", "killed")
 _GRACE_S = 0.25  # past a call's own alarm in the run, before the checker gives up on it
-_EXCLUDED = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException"}
+# exceptions a program's raising may not turn into control flow of the test's (StopIteration
+# ends a `map` or generator the test iterates early, as if the test had finished)
+_EXCLUDED = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "StopIteration",
+             "StopAsyncIteration"}  # fmt: skip
+_BUILTIN_NAMES = frozenset(dir(builtins))
 
 
 class ProgramError(Exception):
@@ -148,10 +152,12 @@ class _Channel:
     ) -> None:
         self.sock, self.per_test, self.deadline = sock, per_test, deadline
         self.reader = protocol.Reader(sock, max_reply)
+        self.max_reply, self.buffered = max_reply, 0
         self.gone: _RunGone | None = None
         self.last: dict[str, Any] = {}
         self.replies: dict[Any, dict] = {}
         self.foreseen = {c["id"]: c for c in foreseen if c is not None}
+        self.pending = set(self.foreseen)  # foreseen calls whose answers were not read yet
         self.mark = time.monotonic()  # when the run last answered (it answers in order)
         self.test: int | None = None  # the test running now, whose first call may be foreseen
         self.live = 0
@@ -173,8 +179,23 @@ class _Channel:
     def _await(self, key: Any) -> dict:
         while key not in self.replies:
             msg = self.recv(self.per_test + _GRACE_S)
-            self.replies[msg.get("id")] = msg
-        return self.replies.pop(key)
+            rid = msg.get("id")
+            # only answers to calls made or foreseen and not yet read are kept: a run cannot
+            # fill the checker's memory with messages nobody asked for
+            if rid != key and (
+                type(rid) is not int or rid not in self.pending or rid in self.replies
+            ):
+                self.gone = _RunGone("error", "the program sent an answer nobody asked for")
+                raise self.gone
+            self.replies[rid] = (msg, self.reader.last_size)
+            self.buffered += self.reader.last_size
+            if self.buffered > 16 * self.max_reply:
+                self.gone = _RunGone("error", "the program's unread answers are too large")
+                raise self.gone
+        self.pending.discard(key)
+        msg, size = self.replies.pop(key)
+        self.buffered -= size
+        return msg
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
         if self.gone is not None:
@@ -184,6 +205,8 @@ class _Channel:
         except TypeError as e:
             raise TypeError(f"a test passed an argument that is not plain data: {e}") from None
         ahead = self.foreseen.pop(self.test, None)
+        if ahead is not None and {**msg, "id": self.test} != ahead:
+            self._await(self.test)  # its answer is not this call's: read and dropped
         if ahead is not None and {**msg, "id": self.test} == ahead:
             reply = self._await(self.test)
         else:
@@ -288,7 +311,10 @@ def run_tests(
             results.append(("error", bad, _NOTHING))
             continue
         ns: dict[str, Any] = {"__name__": "__check__", "__builtins__": builtins, **helpers}
-        for name in {"candidate", entry_point} | (set(code.co_names) & names) - helpers.keys():
+        # the test's own names that only the program defines (never a builtin the test uses,
+        # which the program could otherwise answer for: `def abs(x): return 0`)
+        extra = (set(code.co_names) & names) - helpers.keys() - _BUILTIN_NAMES
+        for name in {"candidate", entry_point} | extra:
             ns[name] = _proxy(chan, entry_point if name == "candidate" else name)
         chan.last = {}
         try:

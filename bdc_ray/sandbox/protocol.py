@@ -91,7 +91,10 @@ def send_msg(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> No
     """Control channel (trusted peers): marshal, one sendmsg."""
     data = marshal.dumps(obj)
     payload = _HEADER.pack(len(data)) + data
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    if not fds:  # slots report with send(): their seccomp filter denies sendmsg
+        sock.sendall(payload)
+        return
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
     sent = sock.sendmsg([payload], anc)
     if sent < len(payload):  # a large message on a full socket: the rest, without descriptors
         sock.sendall(payload[sent:])
@@ -153,6 +156,7 @@ class Reader:
 
     def __init__(self, sock: socket.socket, max_bytes: int) -> None:
         self.sock, self.max_bytes, self.buf = sock, max_bytes, bytearray()
+        self.last_size = 0
         self.poll = select.poll()
         self.poll.register(sock, select.POLLIN)
 
@@ -180,6 +184,7 @@ class Reader:
         if n > self.max_bytes:
             raise ChannelError(f"a message of {n} bytes is over the limit of {self.max_bytes}")
         self._fill(_HEADER.size + n, deadline)
+        self.last_size = n
         body = bytes(self.buf[_HEADER.size : _HEADER.size + n])
         del self.buf[: _HEADER.size + n]
         try:
@@ -222,6 +227,15 @@ def encode(value: Any, depth: int = 0) -> Any:
     return [tag, *(encode(v, depth + 1) for v in value)]
 
 
+def _distinct_hashes(keys: list) -> None:
+    """Refuse set elements or dict keys that collide: ints' hashes are not randomised, so a
+    run could send thousands of keys hashing alike and have building the set take seconds of
+    the checker's time (quadratic, holding the GIL). Keys a real set or dict encoded are
+    distinct, and so are their hashes but for rare accidents."""
+    if len(keys) > 32 and len({hash(k) for k in keys}) < len(keys) * 3 // 4:
+        raise ChannelError("set elements or dict keys whose hashes collide")
+
+
 _SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
@@ -248,21 +262,21 @@ def decode(data: Any, depth: int = 0) -> Any:
         if tag == "b" and len(items) == 1 and type(items[0]) is str:
             return bytes.fromhex(items[0])
         if tag == "d":
-            out = {}
+            pairs = []
             for pair in items:
                 if type(pair) is not list or len(pair) != 2:
                     raise ChannelError("a dict entry that is not a pair")
-                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
-            return out
+                pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
+            _distinct_hashes([k for k, _ in pairs])
+            return dict(pairs)
         values = [decode(x, depth + 1) for x in items]
         if tag == "l":
             return values
         if tag == "t":
             return tuple(values)
-        if tag == "s":
-            return set(values)
-        if tag == "f":
-            return frozenset(values)
+        if tag in ("s", "f"):
+            _distinct_hashes(values)
+            return set(values) if tag == "s" else frozenset(values)
     except (TypeError, ValueError) as e:  # unhashable keys, bad hex
         raise ChannelError(f"a value that is not plain data: {e}") from None
     raise ChannelError(f"an unknown value tag {tag[:20]!r}")

@@ -50,7 +50,7 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
         fsview.enter_slot(want["run_dir_mb"], want["run_dir_inodes"], uid)
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
         if filt is not None:
-            filt.install()  # the slot's process and every run it forks
+            filt[0].install()  # the slot's process and every run it forks
     except OSError as e:
         send_msg(sock, {"error": f"slot {slot} could not be set up: {e}"})
         os._exit(Exit.SETUP_FAILED)
@@ -73,7 +73,7 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
                 _end_run()
                 try:
                     fsview.wipe(uid)
-                except OSError as e:  # never start a run in a folder that is not empty
+                except Exception as e:  # noqa: BLE001 - never start a run in a folder not empty
                     send_msg(sock, {"id": current[1], "status": status, "error": f"wipe: {e}"})
                     os._exit(Exit.SETUP_FAILED)
                 send_msg(sock, {"id": current[1], "status": status})
@@ -90,7 +90,7 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
                 signal.set_wakeup_fd(-1)
                 os.close(rfd)
                 os.close(wfd)
-                candidate.start(msg, fds, uid)
+                candidate.start(msg, fds, uid, None if filt is None else filt[1])
             for fd in fds:
                 os.close(fd)
             current = (pid, msg["id"])

@@ -144,6 +144,15 @@ def _exit_info(status: int | None) -> dict[str, Any]:
     return {"code": os.waitstatus_to_exitcode(status)}
 
 
+def _shown(value: Any, limit: int = 300) -> str:
+    """repr of a plain value a program returned, bounded (an int of 5000 digits has no repr)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _normalise(text: str) -> list[str]:
     return text.split()
 
@@ -446,8 +455,7 @@ class Sandbox:
             status, why = self._explain(status, why, info, stderr)
             text = f"test: {t.code}\n{why}" if why else ""
             if status != "passed" and got is not checker._NOTHING:
-                shown = repr(got)
-                text += f"\ngot: {shown[:300]}{'...' if len(shown) > 300 else ''}"
+                text += f"\ngot: {_shown(got)}"
             results.append(TestResult(i, status, text[: self.limits.output_chars]))  # type: ignore[arg-type]
         return CheckResult(
             status=_worst([r.status for r in results]),

@@ -35,7 +35,7 @@ PRELOAD = (
 )  # fmt: skip
 
 
-def _start_layers(want: dict) -> tuple[list[Layer], seccomp.Filter | None]:
+def _start_layers(want: dict) -> tuple[list[Layer], tuple[seccomp.Filter, seccomp.Filter] | None]:
     """The start-time layers, in LAYERS order; returns in the PID namespace's PID 1."""
     optional = set(want.get("allow_missing", ()))
     req = {name: name not in optional for name in LAYERS}
@@ -71,7 +71,10 @@ def _start_layers(want: dict) -> tuple[list[Layer], seccomp.Filter | None]:
 
 
 def serve(
-    sock: socket.socket, want: dict, layers: list[Layer], filt: seccomp.Filter | None
+    sock: socket.socket,
+    want: dict,
+    layers: list[Layer],
+    filt: tuple[seccomp.Filter, seccomp.Filter] | None,
 ) -> None:
     candidate.warm_up()
     gc.collect()
@@ -88,7 +91,7 @@ def serve(
     for i in range(int(want["slots"])):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         _sys.set_name(RUN_NAME)  # the slot's runs inherit it: what ps and top show
-        pid = _sys.clone(pidns.RUN_FLAGS | fsview.RUN_FLAGS)
+        pid = _sys.clone(pidns.RUN_FLAGS | fsview.RUN_FLAGS | netns.SLOT_FLAGS)
         if pid == 0:
             signal.set_wakeup_fd(-1)
             for fd in (rfd, wfd, sock.fileno(), a.fileno(), *(s.fileno() for s in ours)):

@@ -234,6 +234,65 @@ ATTACKS = [
         """),
     ),
     (
+        # a run in a user namespace shares its uid with its slot's PID 1
+        "lowers its slot's limits with prlimit",
+        prog("""
+        import resource
+        for res, value in ((resource.RLIMIT_NOFILE, 7), (resource.RLIMIT_STACK, 96 << 10)):
+            try: resource.prlimit(1, res, (value, value))
+            except OSError: pass
+        """),
+    ),
+    (
+        "leaves a System V shared memory segment for the next run",
+        prog("""
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            shm = libc.shmget(0x6264632, 200 << 20, 0o1666)  # IPC_CREAT | 0666
+            if shm >= 0:
+                addr = ctypes.c_void_p(libc.shmat(shm, None, 0))
+                ctypes.memset(addr, 120, 200 << 20)
+        except (ImportError, PermissionError):
+            pass
+        """),
+    ),
+    (
+        "looks for another slot's run at every abstract unix address",
+        prog("""
+        import socket
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            for i in range(1 << 12):
+                try: s.sendto(b"hello", b"\\0%05x" % i)
+                except OSError: pass
+        except PermissionError:
+            pass
+        """),
+    ),
+    (
+        "leaves a chain of folders deeper than the recursion limit for the clean-up",
+        prog("""
+        import os
+        os.chdir("/tmp")
+        for i in range(1100):
+            os.mkdir("d"); os.chdir("d")
+        """),
+    ),
+    (
+        "forks children that each take the address-space limit",
+        prog("""
+        import os
+        try:
+            for _ in range(3):
+                if os.fork() == 0:
+                    x = bytearray(900 << 20); import time; time.sleep(5); os._exit(0)
+        except (OSError, PermissionError):
+            pass
+        """),
+    ),
+    (
         "reads the supervisor's environment and home",
         prog("""
         import os
@@ -302,6 +361,8 @@ def test_attack_fails_harms_nothing_and_leaves_nothing(sb, host, name, program):
     d, listener = host
     before = _host_snapshot(d)
     program = program.replace("HOST_PORT", str(listener.getsockname()[1]))
+    sb.check(GOOD, ADD)
+    template = sb._proc.pid
     r = sb.check(program, ADD)
     assert not r.passed and r.pass_rate == 0.0, (r.status, r.feedback())
     everything = r.feedback(9) + r.stdout + r.stderr
@@ -311,6 +372,7 @@ def test_attack_fails_harms_nothing_and_leaves_nothing(sb, host, name, program):
     with pytest.raises(TimeoutError):
         listener.accept()  # nothing reached the host's loopback
     assert leftovers(sb) == []  # every process of the run is gone with its verdict
+    assert sb._alive() and sb._proc.pid == template  # no slot died: other slots' runs go on
     # the next honest program gets its true verdict, in an empty folder
     clean = GOOD + "import os\nassert os.listdir('.') == []\n"
     assert sb.check(clean, ADD).passed
@@ -375,3 +437,63 @@ def test_the_syscall_filter_denies_what_no_test_program_needs():
         "unshare_user": errno.EPERM, "mknod_fifo": errno.EPERM, "ptrace": errno.EPERM,
         "keyctl": errno.EPERM, "bpf": errno.EPERM, "inet": errno.EAFNOSUPPORT,
     }, got  # fmt: skip
+
+
+def test_a_wrong_program_cannot_answer_for_the_builtins_a_test_uses(sb):
+    """HumanEval/33's test calls `tuple`, /4's `abs`, /32's `range`: a program defining them
+    must not be asked for them (it would control the test's logic with plain data)."""
+    from bdc_ray.data import load_humaneval
+
+    problems = {p.id: p for p in load_humaneval()}
+    cases = [
+        ("HumanEval/33", "def sort_third(l):\n    return None\ndef tuple(x):\n    return 0\n"),
+        ("HumanEval/4", "def mean_absolute_deviation(numbers):\n    return 9\ndef abs(x):\n    return 0\n"),
+        ("HumanEval/32", "def find_zero(xs):\n    return 0\ndef range(*a):\n    return []\n"),
+    ]  # fmt: skip
+    for pid, program in cases:
+        r = sb.check(program, problems[pid])
+        assert not r.passed, (pid, r.feedback())
+
+
+def test_control_flow_exceptions_of_the_program_do_not_end_a_tests_loop(sb):
+    from bdc_ray.data import TestCase
+
+    tests = [TestCase("assert", code="assert all(map(lambda x: candidate(x) == x + 1, [1, 2, 3]))")]
+    r = sb.check_function("def f(x):\n    raise StopIteration\n", "f", tests)
+    assert not r.passed and r.status == "error", r.feedback()
+
+
+def test_an_answer_too_large_to_show_is_still_a_verdict(sb):
+    r = sb.check(ADD.prompt + "    return 10 ** 5000\n", ADD)
+    assert r.status == "failed" and "too large to show" in r.feedback(), r.feedback()
+
+
+def test_unsolicited_or_oversized_messages_end_the_check_not_the_checker(sb):
+    """The run writes messages of its own on the call channel: answers nobody asked for, or
+    more than the checker keeps; the check ends with an error at once, memory bounded."""
+    import resource
+
+    flood = textwrap.dedent("""
+        import os, struct
+        inner = ",".join(["[]"] * 300000)
+        def add(a, b):
+            for i in range(40):
+                body = ('{"id": "junk%d", "x": [%s]}' % (i, inner)).encode()
+                data = memoryview(struct.pack("!I", len(body)) + body)
+                while data:
+                    data = data[os.write(3, data):]
+            return 3
+    """)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = sb.check(flood, ADD)
+    assert not r.passed and r.status == "error" and "nobody asked for" in r.feedback(), r.feedback()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # KiB
+
+
+def test_colliding_set_elements_are_refused_before_the_set_is_built():
+    from bdc_ray.sandbox import protocol
+
+    colliding = ["s", *(["i", hex(k * (2**61 - 1))] for k in range(1, 20001))]
+    with pytest.raises(protocol.ChannelError, match="collide"):
+        protocol.decode(colliding)
+    assert protocol.decode(["s", *range(20000)]) == set(range(20000))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 import sys
 import sysconfig
 
@@ -168,17 +169,31 @@ def enter_slot(size_mb: int, inodes: int, uid: int | None) -> None:
     os.chdir("/tmp")
 
 
-def _wipe_dir(fd: int) -> None:
-    for entry in os.scandir(fd):
-        if entry.is_dir(follow_symlinks=False):
-            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+def _wipe_dir(top: int) -> None:
+    """Empty the folder `top` without recursion or a descriptor per level (a program may leave
+    a chain of folders thousands deep): each pass removes what it can and renames the contents
+    of every non-empty folder up into `top`, so every pass flattens the tree by a level; the
+    inode cap bounds the passes."""
+    moved = 0
+    while True:
+        names = os.listdir(top)
+        if not names:
+            return
+        for name in names:
+            st = os.stat(name, dir_fd=top, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=top)
+                continue
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
             try:
-                _wipe_dir(sub)
+                for child in os.listdir(sub):
+                    moved += 1
+                    while os.path.lexists(f"/tmp/.bdc-wipe-{moved}"):  # no run is left to race
+                        moved += 1
+                    os.rename(child, f".bdc-wipe-{moved}", src_dir_fd=sub, dst_dir_fd=top)
             finally:
                 os.close(sub)
-            os.rmdir(entry.name, dir_fd=fd)
-        else:
-            os.unlink(entry.name, dir_fd=fd)
+            os.rmdir(name, dir_fd=top)
 
 
 def wipe(uid: int | None) -> None:

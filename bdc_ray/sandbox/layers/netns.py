@@ -7,6 +7,10 @@ from __future__ import annotations
 from ..protocol import Layer
 from . import _sys
 
+# every slot has a network namespace of its own too: abstract unix socket names are per
+# network namespace, so runs of different slots cannot find each other by one
+SLOT_FLAGS = _sys.CLONE_NEWNET
+
 
 def enter(required: bool) -> Layer:
     try:

@@ -17,6 +17,7 @@ def apply(limits: dict[str, Any], uid: int | None) -> None:
         (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20),
         (resource.RLIMIT_NOFILE, int(limits["open_files"])),
         (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_STACK, 8 << 20),  # whatever the slot's (a run cannot change it)
         (resource.RLIMIT_NPROC, int(limits["processes"])),
     ):
         if res == resource.RLIMIT_NPROC and uid is None:

@@ -30,10 +30,24 @@ DENY = (
     "ioperm", "mknod", "mknodat", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
     "quotactl", "lookup_dcookie", "uselib", "vhangup", "io_uring_setup", "io_uring_enter",
     "io_uring_register", "bind", "listen", "connect", "accept", "accept4", "vmsplice",
+    # System V IPC and POSIX message queues: objects that would outlive the run, hold memory
+    # outside its limits and carry state to the next run (POSIX shm is files in its /tmp)
+    "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl",
+    "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # messages to an address (an abstract unix socket of another run): sends on the call
+    # socket use send(), without one
+    "sendmsg", "sendmmsg", "ioprio_set", "migrate_pages", "move_pages",
 )  # fmt: skip
+# calls that act on another process given its pid: allowed on the caller itself only (pid 0).
+# In a user namespace a run shares its uid with its slot's PID 1, which the kernel would let
+# it prlimit, renice or pin otherwise.
+_SELF_ONLY = ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler",
+              "sched_setattr")  # fmt: skip
 _NS_FLAGS = (0x80, 0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
              0x40000000)  # fmt: skip
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+_CLONE_THREAD = 0x00010000
 
 
 class Filter:
@@ -51,7 +65,8 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def build(required: bool) -> tuple[Filter | None, Layer]:
+def build(required: bool) -> tuple[tuple[Filter, Filter] | None, Layer]:
+    """(the slot's filter, the one each run adds), and the layer's report."""
     try:
         import pyseccomp as sc
     except (ImportError, OSError, RuntimeError) as e:  # no package, or no libseccomp.so.2
@@ -68,17 +83,35 @@ def build(required: bool) -> tuple[Filter | None, Layer]:
         for flag in _NS_FLAGS:
             f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
         f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        for name in _SELF_ONLY:
+            f.add_rule(sc.ERRNO(errno.EPERM), name, sc.Arg(0, sc.NE, 0))
+        f.add_rule(sc.ERRNO(errno.EPERM), "setpriority", sc.Arg(0, sc.NE, 0))  # PRIO_PROCESS
+        f.add_rule(sc.ERRNO(errno.EPERM), "setpriority", sc.Arg(1, sc.NE, 0))  # itself
+        f.add_rule(sc.ERRNO(errno.EPERM), "sendto", sc.Arg(4, sc.NE, 0))  # to an address
         f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
         for request in (_TIOCSTI, _TIOCLINUX):
             f.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.EQ, request))
-        fd = os.memfd_create("bdc-seccomp")
-        try:
-            with os.fdopen(os.dup(fd), "wb") as out:
-                f.export_bpf(out)
-            bpf = os.pread(fd, os.fstat(fd).st_size, 0)
-        finally:
-            os.close(fd)
+        # a second, small filter each run adds: no new processes (threads only), so a run is one
+        # process: its address-space limit is the run's, and nothing can fork past its end
+        run = sc.SyscallFilter(sc.ALLOW)
+        run.add_rule(sc.ERRNO(errno.EPERM), "fork")
+        run.add_rule(sc.ERRNO(errno.EPERM), "vfork")
+        run.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))
+        filters = Filter(_export(f)), Filter(_export(run))
     except OSError as e:
         return None, Layer("seccomp", False, required, f"could not build the filter: {e}")
-    detail = f"{len(denied)} calls denied, namespace flags of clone, non-AF_UNIX sockets"
-    return Filter(bpf), Layer("seccomp", True, required, detail)
+    detail = (
+        f"{len(denied)} calls denied, namespace flags of clone, non-AF_UNIX sockets, sends to an "
+        "address, calls on other processes; in runs: process creation"
+    )
+    return filters, Layer("seccomp", True, required, detail)
+
+
+def _export(f: object) -> bytes:
+    fd = os.memfd_create("bdc-seccomp")
+    try:
+        with os.fdopen(os.dup(fd), "wb") as out:
+            f.export_bpf(out)  # type: ignore[attr-defined]
+        return os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)
