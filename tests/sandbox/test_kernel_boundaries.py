@@ -29,7 +29,10 @@ SECRET = "kernel-boundary-secret"
 
 
 def prog(body: str) -> str:
-    return textwrap.dedent(body).strip() + "\n" + WRONG
+    """An attack and a wrong `add`, unless the attack brings its own: one that is right only
+    where the attack worked, so that a working attack shows as a pass."""
+    body = textwrap.dedent(body).strip() + "\n"
+    return body if "def add(" in body else body + WRONG
 
 
 ATTACKS = [
@@ -144,7 +147,7 @@ ATTACKS = [
         "writes through a directory descriptor of the root and of /proc/1/root",
         prog("""
         import os
-        for folder in ("/", "/proc/1/root", "//proc/1/root/tmp", "/dev"):
+        for folder in ("/", "/tmp", "/dev/shm", "/proc/1/root", "//proc/1/root/tmp", "/dev"):
             try:
                 fd = os.open(folder, os.O_RDONLY)
                 os.close(os.open("bdc-pwned", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
@@ -161,17 +164,23 @@ ATTACKS = [
             try: leaked.append(open(path, "rb").read(4096))
             except OSError: pass
         print(leaked, os.listdir("//proc"))
+        SEEN = len([p for p in os.listdir("//proc") if p.isdigit()])
+        def add(a, b):  # right only where it sees more processes than its own
+            return a + b if SEEN > 8 else 0
         """),
     ),
     (
         "mknod, mkfifo and a flood of files in /dev/shm",
         prog("""
         import os, stat
+        MADE = []
         for path in ("/tmp/fifo", "/dev/shm/fifo"):
-            try: os.mkfifo(path)
+            try: os.mkfifo(path); MADE.append(path)
             except OSError: pass
         try: os.mknod("/tmp/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         except OSError: pass
+        def add(a, b):  # right only where the kernel let it make a FIFO
+            return a + b if MADE else 0
         try:
             for i in range(20000):
                 with open(f"/dev/shm/f{i}", "wb") as f:
@@ -351,7 +360,8 @@ def _host_snapshot(d) -> dict:
     return {
         "sentinel": (d / "sentinel.txt").read_text(),
         "files": sorted(os.listdir(d)),
-        "tmp": sorted(x for x in os.listdir("/tmp") if "pwned" in x or x.startswith("f")),
+        "tmp": sorted(x for x in os.listdir("/tmp") if "pwned" in x),
+        "shm": sorted(os.listdir("/dev/shm")),
         "root": sorted(os.listdir("/")),
     }
 

@@ -75,10 +75,17 @@ def plan(packages: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(trees bound read-only, folders hidden under an empty one) for this interpreter."""
     paths = sysconfig.get_paths()
     base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
-    stdlib = {os.path.realpath(p) for p in (paths["stdlib"], paths["platstdlib"])}
+    stdlib = {os.path.realpath(p) for p in (base["stdlib"], base["platstdlib"])}
     wanted = stdlib | _mapped_library_dirs() | set(_package_paths(packages))
     if os.path.exists("/etc/ld.so.cache"):
         wanted.add("/etc/ld.so.cache")
+    # /tmp, /proc and /dev of the view are the slot's own: a tree under them would be covered
+    # (a virtual environment in a checkout under /tmp holds nothing runs need but site-packages)
+    covered = [p for p in wanted if p.split(os.sep)[1:2] in (["tmp"], ["proc"], ["dev"])]
+    if stdlib & set(covered):
+        raise OSError(f"the interpreter's library ({sorted(stdlib)[0]}) lies in a folder "
+                      "runs see as their own: install Python outside /tmp, /proc and /dev")  # fmt: skip
+    wanted -= set(covered)
     # a tree inside another is bound with it
     trees = sorted(
         p for p in wanted if not any(p != q and p.startswith(q + os.sep) for q in wanted)
