@@ -21,7 +21,7 @@ import traceback
 from typing import Any
 
 from . import protocol
-from .layers import audit, creds, rlimits
+from .layers import _sys, audit, creds, rlimits
 from .protocol import Exit
 
 # plain ints, and _signal's functions: signal's wrappers build an enum per call (and every
@@ -30,6 +30,7 @@ _RESET_SIGNALS = tuple(
     int(s) for s in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM)
 )
 _SIGALRM, _SIGXFSZ, _ITIMER_REAL = int(signal.SIGALRM), int(signal.SIGXFSZ), signal.ITIMER_REAL
+SPARE_NAME, RUN_NAME = b"bdc-spare", b"bdc-sandbox-run"
 _MAX_CALL_BYTES = 64 << 20  # what the checker sends (trusted): a test's arguments
 
 
@@ -63,15 +64,40 @@ def _status(exc: BaseException) -> str:
     return "error"
 
 
-def start(req: dict, fds: list[int], uid: int | None, run_filter: Any) -> None:
-    """In the run's process, forked by its slot (whose namespaces, /tmp, /proc and seccomp
-    filter it inherits): the per-run layers, then the program. Never returns. A layer that
-    cannot be applied ends the run before any program code runs."""
+def _setup_failed(e: BaseException) -> None:
     try:
+        os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
+    except OSError:
+        pass
+    os._exit(Exit.SETUP_FAILED)
+
+
+def spare(sock: socket.socket, uid: int | None, run_filter: Any) -> None:
+    """A run forked ahead of its request, in the slot's idle time: identity and the run's
+    filter are set, then it waits for the request (and its descriptors) from the slot, and
+    goes on as `start`. Never returns."""
+    try:
+        _sys.set_name(SPARE_NAME)  # what ps shows until it has a program
         os.setsid()  # kill(0) by the program reaches its own processes only
         random.seed()  # runs do not share the template's stream
         for s in _RESET_SIGNALS:
             _signal.signal(s, _signal.SIG_DFL)
+        creds.apply(uid)
+        if run_filter is not None:
+            run_filter.install()  # no new processes, no sendmsg: see layers/seccomp.py
+    except BaseException as e:  # noqa: BLE001
+        _setup_failed(e)
+    try:
+        req, fds = protocol.recv_msg(sock)
+    except (EOFError, OSError, ValueError):
+        os._exit(0)  # the slot is gone, or has no request for this spare
+    sock.close()
+    _start(req, fds, uid)
+
+
+def _start(req: dict, fds: list[int], uid: int | None) -> None:
+    try:
+        _sys.set_name(RUN_NAME)
         limits = req["limits"]
         first, out, err = fds
         null = os.open("/dev/null", os.O_RDONLY)
@@ -83,19 +109,12 @@ def start(req: dict, fds: list[int], uid: int | None, run_filter: Any) -> None:
             os.dup2(first, 3)
             chan = socket.socket(fileno=3)  # before the audit hook, which refuses sockets
         os.closerange(4 if chan is not None else 3, 1 << 16)
-        rlimits.apply(limits, uid)
-        creds.apply(uid)
-        if run_filter is not None:
-            run_filter.install()  # no new processes: see layers/seccomp.py
+        rlimits.apply(limits, uid)  # lowering only: no privilege needed
         _signal.signal(_SIGXFSZ, _signal.SIG_IGN)  # oversized output: an error, not a crash
         if limits.get("audit_hook", True):
             audit.install()
     except BaseException as e:  # noqa: BLE001
-        try:
-            os.write(2, f"sandbox setup failed: {type(e).__name__}: {e}\n".encode())
-        except OSError:
-            pass
-        os._exit(Exit.SETUP_FAILED)
+        _setup_failed(e)
     if req["kind"] == "function":
         code = serve_calls(chan, req)
     else:

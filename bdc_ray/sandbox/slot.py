@@ -58,8 +58,22 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
     os.set_blocking(wfd, False)
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    run_filter = None if filt is None else filt[1]
+
+    def new_spare() -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = _sys.fork()  # fork(2) itself: the slot has no other thread (see _sys.fork)
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            for fd in (rfd, wfd, sock.fileno(), ours.fileno()):
+                os.close(fd)
+            candidate.spare(theirs, uid, run_filter)
+        theirs.close()
+        return pid, ours
+
     send_msg(sock, {"ready": slot})
     current: tuple[int, str] | None = None  # (pid, run id)
+    spare = new_spare()  # the next run, forked while the slot waits
     while True:
         readable, _, _ = select.select([sock, rfd], [], [])
         if rfd in readable:
@@ -78,6 +92,7 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
                     os._exit(Exit.SETUP_FAILED)
                 send_msg(sock, {"id": current[1], "status": status})
                 current = None
+                spare = new_spare()  # after the report: the verdict does not wait for it
         if sock not in readable:
             continue
         try:
@@ -85,12 +100,15 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
         except (EOFError, ConnectionError):
             os._exit(0)  # the supervisor is gone: so is the slot, and with it its runs
         if msg["op"] == "run" and current is None:
-            pid = _sys.fork()  # fork(2) itself: the slot has no other thread (see _sys.fork)
-            if pid == 0:
-                signal.set_wakeup_fd(-1)
-                os.close(rfd)
-                os.close(wfd)
-                candidate.start(msg, fds, uid, None if filt is None else filt[1])
+            if spare is None:
+                spare = new_spare()
+            pid, handoff = spare
+            spare = None
+            try:
+                send_msg(handoff, msg, fds)  # a spare that died reports as a run that did
+            except OSError:
+                pass
+            handoff.close()
             for fd in fds:
                 os.close(fd)
             current = (pid, msg["id"])

@@ -35,9 +35,7 @@ DENY = (
     "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl",
     "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
     "mq_timedreceive", "mq_notify", "mq_getsetattr",
-    # messages to an address (an abstract unix socket of another run): sends on the call
-    # socket use send(), without one
-    "sendmsg", "sendmmsg", "ioprio_set", "migrate_pages", "move_pages",
+    "ioprio_set", "migrate_pages", "move_pages",
 )  # fmt: skip
 # calls that act on another process given its pid: allowed on the caller itself only (pid 0).
 # In a user namespace a run shares its uid with its slot's PID 1, which the kernel would let
@@ -97,12 +95,17 @@ def build(required: bool) -> tuple[tuple[Filter, Filter] | None, Layer]:
         run.add_rule(sc.ERRNO(errno.EPERM), "fork")
         run.add_rule(sc.ERRNO(errno.EPERM), "vfork")
         run.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))
+        # messages to an address (an abstract unix socket of another run) and descriptors
+        # passed on: sends on the call socket use send(), without either (the slot passes a
+        # run its descriptors with sendmsg, so only runs lose it)
+        run.add_rule(sc.ERRNO(errno.EPERM), "sendmsg")
+        run.add_rule(sc.ERRNO(errno.EPERM), "sendmmsg")
         filters = Filter(_export(f)), Filter(_export(run))
     except OSError as e:
         return None, Layer("seccomp", False, required, f"could not build the filter: {e}")
     detail = (
         f"{len(denied)} calls denied, namespace flags of clone, non-AF_UNIX sockets, sends to an "
-        "address, calls on other processes; in runs: process creation"
+        "address, calls on other processes; in runs: process creation, sendmsg"
     )
     return filters, Layer("seccomp", True, required, detail)
 
