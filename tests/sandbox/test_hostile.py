@@ -8,14 +8,8 @@ import pytest
 
 from bdc_ray.data import TestCase
 from bdc_ray.data.problems import function_problem, stdio_problem
+from tests.helpers.sandbox import ADD, GOOD
 
-ADD = function_problem(
-    "hostile/add",
-    'def add(a, b):\n    """a + b"""\n',
-    "add",
-    "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
-)
-GOOD = ADD.prompt + "    return a + b\n"
 SECRET = "hunter2-do-not-leak"
 
 

@@ -14,16 +14,9 @@ import time
 
 import pytest
 
-from bdc_ray.data.problems import function_problem
 from bdc_ray.sandbox import Limits, Sandbox
+from tests.helpers.sandbox import ADD, GOOD
 
-ADD = function_problem(
-    "hostile/add",
-    'def add(a, b):\n    """a + b"""\n',
-    "add",
-    "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n",
-)
-GOOD = ADD.prompt + "    return a + b\n"
 WRONG = "\ndef add(a, b):\n    return 0\n"
 SECRET = "kernel-boundary-secret"
 

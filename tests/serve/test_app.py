@@ -2,7 +2,6 @@
 streaming), raw HTTP for malformed requests (all 4xx, OpenAI error bodies), the API key,
 /v1/solve with the sandbox, and a replica killed under load."""
 
-import socket
 import subprocess
 import sys
 import threading
@@ -15,29 +14,17 @@ import requests
 
 from bdc_ray.config import ServeConfig
 from bdc_ray.llm.base import Sampling
+from tests.helpers.serving import serve_app
 
 KEY = "test-key-123"
 MODEL = "bdc-customized"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, solver_run):
-    from ray import serve
-
-    from bdc_ray.serve.app import build_app
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = ServeConfig(num_cpus=0.5, max_batch_size=8, batch_wait_timeout_s=0.2, max_tokens_limit=64)
-    serve.run(build_app(solver_run, cfg, api_key=KEY), name="bdc", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    with serve_app(solver_run, cfg, "bdc", api_key=KEY) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import requests
 
 from bdc_ray.config import ServeConfig
 from bdc_ray.llm.base import Sampling
+from tests.helpers.serving import serve_app
 
 MODEL = "bdc-customized"
 GB = 2**30
@@ -25,20 +25,8 @@ CHAT = "/v1/chat/completions"
 DONE = "/v1/completions"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, solver_run):
-    from ray import serve
-
-    from bdc_ray.serve.app import build_app
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     cfg = ServeConfig(
         num_cpus=0.5,
         max_batch_size=8,
@@ -47,10 +35,8 @@ def server(ray_session, solver_run):
         max_body_bytes=MAX_BODY,
         max_prompt_bytes=100_000,
     )
-    serve.run(build_app(solver_run, cfg), name="bad", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.delete("bad")
-    serve.shutdown()
+    with serve_app(solver_run, cfg, "bad") as url:
+        yield url
 
 
 def _chat(**extra) -> bytes:
