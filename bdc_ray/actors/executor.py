@@ -39,7 +39,7 @@ class ExecutorPool:
             **self.sandbox.isolation,
             "slots": self.slots,
             "limits": asdict(self.sandbox.limits),
-            "root": str(self.sandbox.root),
+            "template_pid": self.sandbox._proc.pid if self.sandbox._proc else None,
         }
 
     async def check(

@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,9 +171,10 @@ class Sandbox:
         self.limits = limits or Limits()
         self.concurrency = concurrency or max(1, os.cpu_count() or 1)
         self.drop = os.geteuid() == 0  # a uid per slot; otherwise a user namespace's one uid
-        # an empty folder: the template mounts its minimal root there, in its own namespace
-        self.root = Path(os.path.realpath(tempfile.mkdtemp(prefix="bdc-sandbox-", dir=root_dir)))
-        self._remove_root = weakref.finalize(self, shutil.rmtree, str(self.root), True)
+        # where the template mounts its minimal root before pivoting into it: an existing folder,
+        # covered only in the template's own mount namespace, so nothing is made on the host
+        # (and nothing is left there by a Sandbox that is never closed)
+        self.root = Path(os.path.realpath(root_dir or tempfile.gettempdir()))
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.concurrency):
             self._slots.put(i)
@@ -188,11 +187,7 @@ class Sandbox:
         self._limits_dict: dict[str, Any] = {}
         self.isolation: dict[str, Any] = {}
         self.isolation_missing: tuple[str, ...] = ()
-        try:
-            self._start()
-        except BaseException:
-            self._remove_root()
-            raise
+        self._start()
 
     # ------------------------------------------------------------------ template lifecycle
     def _start(self) -> None:
@@ -306,7 +301,6 @@ class Sandbox:
 
     def close(self) -> None:
         self._stop_template()  # its namespaces, every run and every mount go with it
-        self._remove_root()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -28,9 +28,10 @@ def test_executor_pool_runs_checks_concurrently_and_survives_hostile_programs(ra
     assert fast_s < time.perf_counter() - start  # the good checks finished before the slow one
     assert ray.get(pool.check.remote(*good[0])).passed  # still serving
     iso = ray.get(pool.isolation.remote())
-    assert iso["slots"] == 2 and "net_namespace" in iso and os.path.isdir(iso["root"])
-    pool.__ray_terminate__.remote()  # a graceful end: the sandbox's folder goes with it
+    template = f"/proc/{iso['template_pid']}"
+    assert iso["slots"] == 2 and iso["net_namespace"] is True and os.path.isdir(template)
+    pool.__ray_terminate__.remote()  # a graceful end: the sandbox's template goes with it
     deadline = time.monotonic() + 30
-    while os.path.exists(iso["root"]) and time.monotonic() < deadline:
+    while os.path.exists(template) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not os.path.exists(iso["root"])
+    assert not os.path.exists(template)
