@@ -511,3 +511,22 @@ def test_colliding_set_elements_are_refused_before_the_set_is_built():
     with pytest.raises(protocol.ChannelError, match="collide"):
         protocol.decode(colliding)
     assert protocol.decode(["s", *range(20000)]) == set(range(20000))
+
+
+def test_a_run_that_will_not_end_after_its_answers_is_killed_and_its_verdict_stands(sb):
+    """The program patches its own process's call loop so that the run never exits after the
+    checker closes the channel: the verdict (right answers) stands, the run is killed at the
+    check's deadline, and nothing of it is left."""
+    stubborn = GOOD + textwrap.dedent("""
+        import sys, time
+        protocol = sys.modules["bdc_ray.sandbox.protocol"]
+        class Forever(protocol.Reader):
+            def recv(self, deadline=None):
+                while True:
+                    time.sleep(1)
+        protocol.Reader = Forever
+    """)
+    r = sb.check(stubborn, ADD)
+    assert r.passed, r.feedback()
+    assert r.exit.get("timed_out") is True and r.exit.get("name") == "SIGKILL", r.exit
+    assert leftovers(sb) == [] and sb.check(GOOD, ADD).passed
