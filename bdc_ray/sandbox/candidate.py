@@ -30,7 +30,7 @@ _RESET_SIGNALS = tuple(
     int(s) for s in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM)
 )
 _SIGALRM, _SIGXFSZ, _ITIMER_REAL = int(signal.SIGALRM), int(signal.SIGXFSZ), signal.ITIMER_REAL
-SPARE_NAME, RUN_NAME = b"bdc-spare", b"bdc-sandbox-run"
+SPARE_NAME, RUN_NAME = b"bdc-spare", b"bdc-sandbox-run"  # in ps: waiting for a program, running one
 _MAX_CALL_BYTES = 64 << 20  # what the checker sends (trusted): a test's arguments
 
 
@@ -77,7 +77,6 @@ def spare(sock: socket.socket, uid: int | None, run_filter: Any) -> None:
     filter are set, then it waits for the request (and its descriptors) from the slot, and
     goes on as `start`. Never returns."""
     try:
-        _sys.set_name(SPARE_NAME)  # what ps shows until it has a program
         os.setsid()  # kill(0) by the program reaches its own processes only
         random.seed()  # runs do not share the template's stream
         for s in _RESET_SIGNALS:

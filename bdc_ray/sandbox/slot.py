@@ -62,12 +62,14 @@ def serve(sock: socket.socket, slot: int, want: dict, filt: Any) -> None:
 
     def new_spare() -> tuple[int, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        _sys.set_name(candidate.SPARE_NAME)  # the spare's name from its first instant on
         pid = _sys.fork()  # fork(2) itself: the slot has no other thread (see _sys.fork)
         if pid == 0:
             signal.set_wakeup_fd(-1)
             for fd in (rfd, wfd, sock.fileno(), ours.fileno()):
                 os.close(fd)
             candidate.spare(theirs, uid, run_filter)
+        _sys.set_name(candidate.RUN_NAME)
         theirs.close()
         return pid, ours
 
