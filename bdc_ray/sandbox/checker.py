@@ -21,7 +21,7 @@ from typing import Any
 
 from . import protocol
 
-_NOTHING = object()  # no value came back (unlike None, which a program may return)
+NOTHING = object()  # no value came back (unlike None, which a program may return)
 _STATUSES = ("passed", "failed", "error", "timeout", "memory", "killed")
 _GRACE_S = 0.25  # past a call's own alarm in the run, before the checker gives up on it
 # exceptions a program's raising may not turn into control flow of the test's (StopIteration
@@ -291,24 +291,24 @@ def run_tests(
         hello = chan.recv(per_test + _GRACE_S)
     except _RunGone as gone:
         why = "not run: while loading the program: " + gone.why
-        return [(gone.status, why, _NOTHING)] * n, gone.status != "killed"
+        return [(gone.status, why, NOTHING)] * n, gone.status != "killed"
     if hello.get("loaded") is not True:
         status = hello.get("status") if hello.get("status") in _STATUSES else "error"
         error = hello.get("error") if type(hello.get("error")) is str else "it did not load"
-        return [(status, error[:800], _NOTHING)] * n, False
+        return [(status, error[:800], NOTHING)] * n, False
     names = hello.get("names")
     names = {x for x in names if type(x) is str} if type(names) is list else set()
     if entry_point not in names:
-        return [("error", f"the program defines no function {entry_point}", _NOTHING)] * n, False
+        return [("error", f"the program defines no function {entry_point}", NOTHING)] * n, False
     results = []
     for i, (setup, code) in enumerate(src.tests):
         chan.test = i
         if chan.gone is not None:
-            results.append((chan.gone.status, f"not run: {chan.gone.why}", _NOTHING))
+            results.append((chan.gone.status, f"not run: {chan.gone.why}", NOTHING))
             continue
         bad = next((c for c in (src.preamble, setup, code) if type(c) is str), None)
         if bad is not None:
-            results.append(("error", bad, _NOTHING))
+            results.append(("error", bad, NOTHING))
             continue
         ns: dict[str, Any] = {"__name__": "__check__", "__builtins__": builtins, **helpers}
         # the test's own names that only the program defines (never a builtin the test uses,
@@ -321,11 +321,11 @@ def run_tests(
             for part in (src.preamble, setup, code):
                 if part is not None:
                     exec(part, ns)
-            results.append(("passed", "", _NOTHING))
+            results.append(("passed", "", NOTHING))
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - classified; the test is trusted code
             status, why = _classify(e, per_test)
-            results.append((status, why, chan.last.get("value", _NOTHING)))
+            results.append((status, why, chan.last.get("value", NOTHING)))
     gone = chan.gone is not None and chan.gone.status != "killed"
     return results, gone

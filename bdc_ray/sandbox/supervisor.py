@@ -14,6 +14,7 @@ an isolation layer the host cannot provide is required (see `Limits.allow_missin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -155,12 +156,6 @@ def _normalise(text: str) -> list[str]:
     return text.split()
 
 
-def json_dumps(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
-
-
 class Sandbox:
     def __init__(
         self,
@@ -222,7 +217,7 @@ class Sandbox:
                 "-m",
                 "bdc_ray.sandbox.template",
                 str(child.fileno()),
-                json_dumps(want),
+                json.dumps(want),
             ],
             pass_fds=[child.fileno()],
             env=env,
@@ -426,7 +421,7 @@ class Sandbox:
             theirs.close()
             if rid is None:
                 verdicts = [
-                    ("killed", "not run: the sandbox template is gone", checker._NOTHING)
+                    ("killed", "not run: the sandbox template is gone", checker.NOTHING)
                 ] * len(tests)
             else:
                 end = time.monotonic() + budget
@@ -448,7 +443,7 @@ class Sandbox:
         for i, (t, (status, why, got)) in enumerate(zip(tests, verdicts, strict=True)):
             status, why = self._explain(status, why, info, stderr)
             text = f"test: {t.code}\n{why}" if why else ""
-            if status != "passed" and got is not checker._NOTHING:
+            if status != "passed" and got is not checker.NOTHING:
                 text += f"\ngot: {_shown(got)}"
             results.append(TestResult(i, status, text[: self.limits.output_chars]))  # type: ignore[arg-type]
         return CheckResult(

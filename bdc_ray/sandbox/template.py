@@ -91,7 +91,7 @@ def serve(
     for i in range(int(want["slots"])):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         _sys.set_name(RUN_NAME)  # the slot's runs inherit it: what ps and top show
-        pid = _sys.clone(pidns.RUN_FLAGS | fsview.RUN_FLAGS | netns.SLOT_FLAGS)
+        pid = _sys.clone(pidns.SLOT_FLAGS | fsview.SLOT_FLAGS | netns.SLOT_FLAGS)
         if pid == 0:
             signal.set_wakeup_fd(-1)
             for fd in (rfd, wfd, sock.fileno(), a.fileno(), *(s.fileno() for s in ours)):

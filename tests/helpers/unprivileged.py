@@ -9,21 +9,12 @@ CMD. What the sandbox does as that user (user namespaces, its own mounts) it doe
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
+from bdc_ray.sandbox.layers import _sys
+
 NOBODY = 65534
-_libc = ctypes.CDLL(None, use_errno=True)
-MS_BIND, MS_REC, MS_PRIVATE, MS_REMOUNT, MS_RDONLY = 4096, 1 << 14, 1 << 18, 32, 1
-CLONE_NEWNS = 0x20000
-
-
-def _mount(src, dst, fstype, flags, data=None):
-    args = [None if x is None else x.encode() for x in (src, dst, fstype)]
-    if _libc.mount(args[0], args[1], args[2], flags, None if data is None else data.encode()):
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {dst}: {os.strerror(err)}")
 
 
 def _closed_ancestor(path: str) -> str | None:
@@ -43,19 +34,22 @@ def expose(trees: list[str]) -> None:
             blocked.setdefault(top, []).append(tree)
     for top, inside in blocked.items():
         fds = [os.open(t, os.O_PATH) for t in inside]
-        _mount("tmpfs", top, "tmpfs", 0, "size=1m,mode=0755")
+        _sys.mount("tmpfs", top, "tmpfs", 0, "size=1m,mode=0755")
         for tree, fd in zip(inside, fds, strict=True):
             os.makedirs(tree, mode=0o755, exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", tree, None, MS_BIND | MS_REC)
+            _sys.mount(f"/proc/self/fd/{fd}", tree, None, _sys.MS_BIND | _sys.MS_REC)
             os.close(fd)
-        _mount(None, top, None, MS_REMOUNT | MS_RDONLY)
+        _sys.mount(None, top, None, _sys.MS_REMOUNT | _sys.MS_RDONLY)
 
 
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root: it sets up the view, then drops to an ordinary user")
-    if _libc.unshare(CLONE_NEWNS) or _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
-        raise SystemExit(f"no mount namespace: {os.strerror(ctypes.get_errno())}")
+    try:
+        _sys.unshare(_sys.CLONE_NEWNS)
+        _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+    except OSError as e:
+        raise SystemExit(f"no mount namespace: {e}") from None
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     expose([sys.base_prefix, sys.prefix, repo])
     os.execvp(

@@ -25,7 +25,7 @@ import sysconfig
 from ..protocol import Layer
 from . import _sys
 
-RUN_FLAGS = _sys.CLONE_NEWNS
+SLOT_FLAGS = _sys.CLONE_NEWNS
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _ST_TO_MS = {  # statvfs flags -> mount flags a bind remount must keep in a user namespace
     os.ST_NOSUID: _sys.MS_NOSUID,

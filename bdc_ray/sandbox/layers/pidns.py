@@ -12,7 +12,7 @@ import signal
 from ..protocol import Layer
 from . import _sys
 
-RUN_FLAGS = _sys.CLONE_NEWPID | _sys.CLONE_NEWIPC
+SLOT_FLAGS = _sys.CLONE_NEWPID | _sys.CLONE_NEWIPC
 
 
 def enter(required: bool) -> Layer:
