@@ -1,4 +1,6 @@
-"""The run directory: how stages hand over (layout in the README)."""
+"""The run directory: how stages hand over (layout in the README). It lives in run storage
+(a local folder, a shared mount or an object store URI, see storage.py); stages work in its
+node-local copy, `RunDir.root`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from .storage import RunStorage, StorageError, is_uri
 
 _RESULTS_LOCK = threading.Lock()  # results.json is read-modify-written
 
@@ -39,11 +43,18 @@ class RunDirError(ValueError):
     """A run directory that cannot be one: a file, or a place that cannot be written."""
 
 
-def check_run_dir(root: str | Path) -> Path:
-    """Create `root` if needed and prove it writable by writing a file there; raise
-    RunDirError naming it otherwise. A job calls this before its first stage, so a bad
-    --run-dir is one line, not a traceback after minutes of work that then has nowhere to go."""
-    path = Path(root)
+def check_run_dir(root: str | Path) -> Path | str:
+    """Create `root` if needed and prove it writable by writing a file there (an object, for
+    a store URI); raise RunDirError naming it otherwise. A job calls this before its first
+    stage, so a bad --run-dir is one line, not a traceback after minutes of work that then has
+    nowhere to go."""
+    if is_uri(root):
+        try:
+            RunStorage(root).check_writable()
+        except StorageError as e:
+            raise RunDirError(str(e)) from None
+        return str(root)
+    path = Path(str(root)[7:] if str(root).startswith("file://") else root)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run dir {path} is a file; give --run-dir a folder")
     try:
@@ -60,8 +71,25 @@ def check_run_dir(root: str | Path) -> Path:
 
 
 class RunDir:
+    """A run: `storage` where its files live, `root` this node's copy that stages read and
+    write (the folder itself for a local or shared one). `synced()` around a stage keeps the
+    two alike."""
+
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        try:
+            self.storage = RunStorage(root)
+        except StorageError as e:
+            raise RunDirError(str(e)) from None
+        self.root = self.storage.local
+        self.uri = self.storage.uri
+
+    def where(self, rel: str) -> str:
+        """Where a file of the run is for its user: in the store (a URI) or the folder."""
+        return f"{self.uri}/{rel}" if self.storage.remote else str(self.root / rel)
+
+    def synced(self):
+        """Context manager: the local copy pulled on entry, pushed on exit (also on error)."""
+        return self.storage.synced()
 
     @property
     def config(self) -> Path:

@@ -67,7 +67,11 @@ def load(args: argparse.Namespace, models: bool = True, data: bool = True) -> Co
     except (ConfigError, ModelNotFoundError, RunDirError, ProblemLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    save_config(cfg, Path(args.run_dir) / "config.yaml")
+    from bdc_ray.rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    save_config(cfg, run.config)
+    run.storage.push()  # the run's config is in run storage before any stage runs
     return cfg
 
 

@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     cfg = load(args, models=False, data=False)  # training_examples reads what it needs
     run = RunDir(args.run_dir)
-    training_examples(cfg, run)  # a malformed example file fails here, before Ray starts
-    init_ray(cfg)
-    meta = disentangle(cfg, run, force=args.force)
+    with run.synced():
+        training_examples(cfg, run)  # a malformed example file fails here, before Ray starts
+        init_ray(cfg)
+        meta = disentangle(cfg, run, force=args.force)
     print(json.dumps({k: v for k, v in meta.items() if k != "fingerprint"}))
     return meta
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load(args)
     run = RunDir(args.run_dir)
     init_ray(cfg)
-    out = evaluate_methods(cfg, run, args.methods)
+    with run.synced():
+        out = evaluate_methods(cfg, run, args.methods)
     print("\n" + format_table(run.load_results()["methods"]))
     return out
 

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load(args)
     run = RunDir(args.run_dir)
     init_ray(cfg)
-    summary = explore(cfg, run)
+    with run.synced():  # traces of problems already searched are kept also if this one fails
+        summary = explore(cfg, run)
     print("\n" + format_table(run.load_results()["methods"]))
     print(f"\nmcts pass@1 = {summary['pass@1']:.3f} on {summary['n']} test problems")
     return summary

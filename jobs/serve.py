@@ -17,6 +17,7 @@ import _common
 from _common import init_ray, load, parser, run_main
 
 from bdc_ray.pipeline.serve import ServedSolver
+from bdc_ray.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -30,8 +31,10 @@ def main(argv: list[str] | None = None) -> str:
     if args.port:
         args.overrides.append(f"serve.port={args.port}")
     cfg = load(args, models=False, data=False)  # the served run names its own model
+    run = RunDir(args.run_dir)
+    run.storage.pull()  # replicas read the run's hypernetwork and adapters from this copy
     try:
-        served = ServedSolver(args.run_dir, cfg.serve)  # bad settings fail before Ray starts
+        served = ServedSolver(run.root, cfg.serve)  # bad settings fail before Ray starts
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load(args, data=False)  # reads no problem file
     run = RunDir(args.run_dir)
     init_ray(cfg)
-    summary = train_experts(cfg, run, args.experts)
+    with run.synced():
+        summary = train_experts(cfg, run, args.experts)
     print(json.dumps(summary["experts"], indent=1))
     return summary
 

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load(args, data=False)  # reads no problem file
     run = RunDir(args.run_dir)
     init_ray(cfg)
-    summary = tune_hypernet(cfg, run)
+    with run.synced():
+        summary = tune_hypernet(cfg, run)
     print(json.dumps(summary, indent=1))
     return summary
 

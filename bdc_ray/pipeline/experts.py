@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,14 +59,17 @@ def is_trained(out_dir: Path, fingerprint: str) -> bool:
     )
 
 
-def make_trainer(cfg: Config, spec, storage: Path, run_name: str):
-    """A TorchTrainer for one expert (its own checkpoints, failure policy and resources)."""
+def make_trainer(cfg: Config, spec, storage: Path | tuple, run_name: str):
+    """A TorchTrainer for one expert (its own checkpoints, failure policy and resources).
+    `storage`: a folder, or (path, filesystem) from `RunStorage.ray_storage`, where the
+    checkpoints go (in run storage, so that a trainer on any node resumes from them)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ..disentangle.train import train_loop_per_worker
 
     e = cfg.experts
+    path, filesystem = (str(storage.resolve()), None) if isinstance(storage, Path) else storage
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "num_threads": max(1, int(e.cpus_per_worker))},
@@ -79,13 +81,15 @@ def make_trainer(cfg: Config, spec, storage: Path, run_name: str):
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage.resolve()),
+            storage_path=path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=e.max_failures),
         ),
     )
 
 
+TRAIN_STORAGE = "experts/.ray_train"  # Ray Train's checkpoints, in run storage itself
 SUMMARY_KEYS = ("examples", "steps", "first_loss", "final_loss", "tokens_per_s", "wall_s",
                 "resumed_from")  # fmt: skip
 
@@ -94,7 +98,7 @@ def _plan(cfg: Config, run: RunDir, groups: dict, base: Path) -> tuple[list, dic
     """(trainers to fit, train logs of the experts already trained on these examples)."""
     from ..disentangle.train import ExpertSpec
 
-    storage = run.root / "experts" / ".ray_train"
+    storage = run.storage.ray_storage(TRAIN_STORAGE)
     todo, done = [], {}
     for name, examples in groups.items():
         fp = expert_fingerprint(cfg, name, examples)
@@ -112,7 +116,6 @@ def _plan(cfg: Config, run: RunDir, groups: dict, base: Path) -> tuple[list, dic
 
 def _fit_all(cfg: Config, run: RunDir, todo: list) -> dict:
     """Fit the trainers, `experts.max_concurrent` at once; returns their train logs."""
-    storage = run.root / "experts" / ".ray_train"
     log.info("training %d experts: %s", len(todo), ", ".join(t[0] for t in todo))
 
     def fit(item):
@@ -120,7 +123,7 @@ def _fit_all(cfg: Config, run: RunDir, todo: list) -> dict:
         t0 = time.perf_counter()
         trainer.fit()  # raises TrainingFailedError after max_failures
         # the adapter is written: its resumable checkpoints are no longer needed
-        shutil.rmtree(storage / run_name, ignore_errors=True)
+        run.storage.delete_dir(f"{TRAIN_STORAGE}/{run_name}")
         return name, time.perf_counter() - t0
 
     logs = {}

@@ -95,8 +95,9 @@ def search_space(cfg: Config) -> dict:
     }
 
 
-def make_tuner(cfg: Config, data: TrialData, fp: str, out: Path):
-    """ASHA over `search_space`, one checkpoint kept per trial, under hypernet/.tune."""
+def make_tuner(cfg: Config, data: TrialData, fp: str, storage: tuple):
+    """ASHA over `search_space`, one checkpoint kept per trial, under hypernet/.tune in run
+    storage (`storage`: `RunStorage.ray_storage`'s path and filesystem)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -120,7 +121,8 @@ def make_tuner(cfg: Config, data: TrialData, fp: str, out: Path):
         ),
         run_config=tune.RunConfig(
             name=f"hypernet-{fp}",
-            storage_path=str((out / ".tune").resolve()),
+            storage_path=storage[0],
+            storage_filesystem=storage[1],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
@@ -166,7 +168,9 @@ def tune_hypernet(cfg: Config, run: RunDir) -> dict:
         log.info("hypernet: trained for these experts and config, skipped")
         return json.loads((out / "summary.json").read_text())
     start = time.perf_counter()
-    results = make_tuner(cfg, prepare(cfg, run, experts), fp, out).fit()
+    results = make_tuner(
+        cfg, prepare(cfg, run, experts), fp, run.storage.ray_storage("hypernet/.tune")
+    ).fit()
     errors = [str(r.error) for r in results if r.error]
     if not [r for r in results if r.error is None and r.checkpoint is not None]:
         raise RuntimeError(f"every hypernetwork trial failed: {errors[:2]}")

@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 def run_stage(name: str, cfg: Config, run: RunDir) -> dict[str, Any]:
     """Run one stage; returns its timing record ({"wall_s", "skipped"})."""
     st = table.stage(name)
-    before = st.stamp(run)
-    t0 = time.perf_counter()
-    st.run(cfg, run)
-    took = round(time.perf_counter() - t0, 1)
-    skipped = bool(before) and st.stamp(run) == before
+    with run.synced():  # what the stage made reaches run storage, also when it fails
+        before = st.stamp(run)
+        t0 = time.perf_counter()
+        st.run(cfg, run)
+        took = round(time.perf_counter() - t0, 1)
+        skipped = bool(before) and st.stamp(run) == before
     log.info("stage %s: %.1f s%s", name, took, " (up to date, skipped)" if skipped else "")
     return {"wall_s": took, "skipped": skipped}
 
@@ -41,21 +42,22 @@ def run_pipeline(
     unknown = wanted - set(names)
     if unknown:
         raise KeyError(f"unknown stages {sorted(unknown)}; stages: {', '.join(names)}")
-    path = run.root / "timings.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    timings = {}
-    for st in table.STAGES:
-        if st.name not in wanted:
-            continue
-        now = run_stage(st.name, cfg, run)
-        old = previous.get(st.name)
-        if now["skipped"] and isinstance(old, dict) and "wall_s" in old:
-            # keep the time of the run that did the work (through any number of reruns)
-            now = {**old, "skipped": True, "check_s": now["wall_s"]}
-        timings[st.name] = now
-    atomic_write_text(path, json.dumps({**previous, **timings}, indent=1))
-    write_report(run)
-    return run.load_results(), timings
+    with run.synced():
+        path = run.root / "timings.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        timings = {}
+        for st in table.STAGES:
+            if st.name not in wanted:
+                continue
+            now = run_stage(st.name, cfg, run)
+            old = previous.get(st.name)
+            if now["skipped"] and isinstance(old, dict) and "wall_s" in old:
+                # keep the time of the run that did the work (through any number of reruns)
+                now = {**old, "skipped": True, "check_s": now["wall_s"]}
+            timings[st.name] = now
+        atomic_write_text(path, json.dumps({**previous, **timings}, indent=1))
+        write_report(run)
+        return run.load_results(), timings
 
 
 def summary_text(run: RunDir, timings: dict[str, Any] | None = None) -> str:
@@ -77,5 +79,5 @@ def summary_text(run: RunDir, timings: dict[str, Any] | None = None) -> str:
                 for k, v in timings.items()
             )
         )
-    lines.append(f"results: {run.results}\nreport: {run.root / 'report.md'}")
+    lines.append(f"results: {run.where('eval/results.json')}\nreport: {run.where('report.md')}")
     return "\n".join(lines)

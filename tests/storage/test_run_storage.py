@@ -1,0 +1,214 @@
+"""Run storage on an S3-compatible server (moto, on 127.0.0.1) and on an fsspec filesystem:
+two node-local copies of one run stay alike through pull and push, an upload that fails leaves
+no object, a pipeline run in s3:// is picked up from another node's empty cache, and a bad URI
+is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+import pytest
+
+from bdc_ray import storage as storage_mod
+from bdc_ray.config import Config
+from bdc_ray.pipeline import run_pipeline
+from bdc_ray.pipeline import stages as stages_mod
+from bdc_ray.rundir import RunDir, RunDirError, check_run_dir
+from bdc_ray.storage import RunStorage
+from tests.helpers.s3 import s3_server
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server(buckets=("bdc",)) as env:
+        yield env
+
+
+def objects(uri: str) -> dict[str, bytes]:
+    """Every object under `uri`, hidden ones included, with its content."""
+    fs, base = pafs.FileSystem.from_uri(uri)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path[len(base) + 1 :]] = f.read()
+    return out
+
+
+def test_two_node_copies_of_one_run_stay_alike(s3, tmp_path):
+    a = RunStorage("s3://bdc/alike", cache=tmp_path / "node-a")
+    b = RunStorage("s3://bdc/alike", cache=tmp_path / "node-b")
+    (a.local / "traces").mkdir(parents=True)
+    (a.local / "traces" / "p1.parquet").write_bytes(b"\x00trace" * 1000)
+    (a.local / "config.yaml").write_text("seed: 0\n")
+    (a.local / ".half.tmp").write_text("never copied")
+    (a.local / "experts" / ".ray_train").mkdir(parents=True)
+    (a.local / "experts" / ".ray_train" / "ckpt").write_text("Ray Train's own")
+    assert a.push() == 2 and a.push() == 0  # unchanged files are not sent again
+    assert set(objects("s3://bdc/alike")) == {"traces/p1.parquet", "config.yaml"}
+
+    assert b.pull() == 2 and b.pull() == 0
+    assert (b.local / "traces" / "p1.parquet").read_bytes() == b"\x00trace" * 1000
+    assert not (b.local / ".half.tmp").exists()
+
+    (b.local / "config.yaml").write_text("seed: 1\n")  # a change on one node...
+    (b.local / "traces" / "p1.parquet").unlink()  # ...and a removal
+    assert b.push() == 1
+    assert set(objects("s3://bdc/alike")) == {"config.yaml"}
+    assert a.pull() == 1  # ...reach the other
+    assert (a.local / "config.yaml").read_text() == "seed: 1\n"
+    assert not (a.local / "traces" / "p1.parquet").exists()
+
+
+def test_a_replacement_of_the_same_size_in_the_same_second_is_fetched(s3, tmp_path):
+    """Object stores keep whole seconds: the new version has the old one's size and time."""
+    a = RunStorage("s3://bdc/second", cache=tmp_path / "a")
+    b = RunStorage("s3://bdc/second", cache=tmp_path / "b")
+    a.local.mkdir(parents=True)
+    for attempt in range(20):  # until both writes fall in one second of the store's clock
+        (a.local / "v.txt").write_text(f"a{attempt:02d}")
+        a.push()
+        b.pull()
+        (b.local / "v.txt").write_text(f"b{attempt:02d}")
+        b.push()
+        if a._manifest()["v.txt"][2:4] == b._manifest()["v.txt"][2:4]:
+            break
+    else:
+        pytest.skip("no two writes fell in one second")
+    assert a.pull() == 1 and (a.local / "v.txt").read_text() == f"b{attempt:02d}"
+    mtime = (a.local / "v.txt").stat().st_mtime_ns
+    assert a.pull() == 0 or (a.local / "v.txt").stat().st_mtime_ns == mtime  # same bytes: kept
+
+
+def test_a_file_changed_here_is_not_lost_when_the_store_removes_it(s3, tmp_path):
+    a = RunStorage("s3://bdc/keep", cache=tmp_path / "a")
+    b = RunStorage("s3://bdc/keep", cache=tmp_path / "b")
+    a.local.mkdir(parents=True)
+    (a.local / "x.json").write_text("1")
+    a.push()
+    b.pull()
+    (b.local / "x.json").write_text("22")  # changed on b while a removes it
+    (a.local / "x.json").unlink()
+    a.push()
+    b.pull()
+    assert (b.local / "x.json").read_text() == "22"
+    b.push()
+    assert objects("s3://bdc/keep") == {"x.json": b"22"}
+
+
+def test_an_upload_that_fails_half_way_leaves_no_object(s3, tmp_path, monkeypatch):
+    st = RunStorage("s3://bdc/half", cache=tmp_path / "n")
+    st.local.mkdir(parents=True)
+    (st.local / "big.bin").write_bytes(b"x" * 5000)
+
+    def failing(path):
+        yield b"x" * 100
+        raise OSError("the connection dropped")
+
+    monkeypatch.setattr(storage_mod, "_chunks", failing)
+    with pytest.raises(OSError, match="connection dropped"):
+        st.push()
+    assert objects("s3://bdc/half") == {}  # neither the object nor a temporary part
+    monkeypatch.undo()
+    assert st.push() == 1  # not recorded as sent: the next push sends it
+    assert objects("s3://bdc/half") == {"big.bin": b"x" * 5000}
+
+
+def test_any_fsspec_filesystem_carries_a_run(tmp_path):
+    a = RunStorage("memory://bdc-test/run", cache=tmp_path / "a")
+    b = RunStorage("memory://bdc-test/run", cache=tmp_path / "b")
+    assert isinstance(a.fs, pafs.PyFileSystem)
+    (a.local / "eval").mkdir(parents=True)
+    (a.local / "eval" / "results.json").write_text("{}")
+    assert a.push() == 1 and b.pull() == 1
+    assert (b.local / "eval" / "results.json").read_text() == "{}"
+
+
+def test_a_local_or_shared_folder_is_used_in_place(tmp_path):
+    st = RunStorage(tmp_path / "run")
+    assert not st.remote and st.local == tmp_path / "run"
+    assert st.pull() == 0 and st.push() == 0
+    path, fs = st.ray_storage("experts/.ray_train")
+    assert fs is None and path == str((tmp_path / "run" / "experts" / ".ray_train").resolve())
+    assert RunStorage(f"file://{tmp_path}/run").local == tmp_path / "run"
+
+
+def test_bad_run_uris_are_one_line_errors(s3):
+    with pytest.raises(RunDirError, match="no filesystem for it"):
+        check_run_dir("nosuch://bucket/run")
+    with pytest.raises(RunDirError, match="cannot be written.*not found"):
+        check_run_dir("s3://no-such-bucket/run")
+    with pytest.raises(RunDirError, match="name a folder in the bucket"):
+        RunDir("s3://bdc")
+    assert check_run_dir("s3://bdc/fine") == "s3://bdc/fine"
+    assert objects("s3://bdc/fine") == {}  # the write probe is gone
+
+
+def write_marker(cfg: Config, run: RunDir) -> dict:
+    """A stage of the test's own: writes one file unless it exists for this seed."""
+    path = run.root / "marker" / "out.json"
+    if path.is_file() and json.loads(path.read_text())["seed"] == cfg.seed:
+        return {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seed": cfg.seed}))
+    if cfg.seed == 13:
+        raise RuntimeError("the stage died after writing")
+    return {}
+
+
+def check_marker_stored(cfg: Config, run: RunDir) -> dict:
+    """A second stage: the first one's output is in the store before it starts (each stage's
+    work is pushed when it ends, not only when the pipeline does)."""
+    assert "marker/out.json" in objects(f"{run.uri}"), "the first stage was not pushed"
+    return {}
+
+
+def test_a_pipeline_in_s3_is_picked_up_from_another_nodes_empty_cache(s3, tmp_path, monkeypatch):
+    marker = stages_mod.Stage(
+        "marker", f"{__name__}:write_marker", ("marker/*.json",), ("seed",), "jobs/none.py", "x"
+    )
+    check = stages_mod.Stage("check", f"{__name__}:check_marker_stored", (), (), "x", "x")
+    monkeypatch.setattr(stages_mod, "STAGES", (marker, check))
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "head"))
+    _, first = run_pipeline(Config(), RunDir("s3://bdc/pipe"))
+    assert not first["marker"]["skipped"]
+    stored = objects("s3://bdc/pipe")
+    assert json.loads(stored["marker/out.json"]) == {"seed": 0}
+    assert {"timings.json", "report.md"} <= set(stored)
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "other-node"))
+    _, again = run_pipeline(Config(), RunDir("s3://bdc/pipe"))
+    assert again["marker"]["skipped"]  # the outputs came from the store, not redone
+
+    with pytest.raises(RuntimeError, match="died after writing"):
+        run_pipeline(Config(seed=13), RunDir("s3://bdc/pipe"))
+    assert json.loads(objects("s3://bdc/pipe")["marker/out.json"]) == {"seed": 13}  # not lost
+
+
+def test_tune_checkpoints_go_into_run_storage(s3, tmp_path, ray_session):
+    from ray import tune
+
+    def trainable(config):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            with open(f"{d}/state.json", "w") as fh:
+                fh.write(json.dumps(config))
+            tune.report({"loss": config["x"]}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run = RunDir("s3://bdc/tuned")
+    path, fs = run.storage.ray_storage("hypernet/.tune")
+    assert fs is not None
+    results = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"x": tune.grid_search([1, 2])},
+        run_config=tune.RunConfig(name="t", storage_path=path, storage_filesystem=fs, verbose=0),
+    ).fit()
+    assert not results.errors
+    stored = objects("s3://bdc/tuned")
+    assert sum(k.endswith("state.json") for k in stored) == 2, sorted(stored)
+    best = results.get_best_result(metric="loss", mode="min")
+    with best.checkpoint.as_directory() as d:
+        assert json.loads(open(f"{d}/state.json").read()) == {"x": 1}
+    assert run.storage.pull() == 0  # Ray's own folder is not copied into the node's copy
