@@ -212,7 +212,29 @@ class RunStorage:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def _upload(self, rel: str) -> None:
+    @property
+    def spec(self) -> str:
+        """What a worker on any node passes to RunStorage to reach this run: the URI, or the
+        folder's absolute path (a worker's working directory is not the driver's)."""
+        return self.uri if self.remote else str(self.local.resolve())
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """One file straight into the store (a worker's output), whole or not at all."""
+        if self.remote:
+            self._upload(rel, iter((data,)))
+            return
+        target = self.local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _upload(self, rel: str, chunks: Iterator[bytes] | None = None) -> None:
         """Into a dot-named temporary object, then moved to its name (a rename here, a copy on
         an object store): the object appears whole or not at all, also when the upload fails
         half-way (a stream closed after an error would otherwise complete what it had)."""
@@ -222,7 +244,7 @@ class RunStorage:
         self.fs.create_dir(parent, recursive=True)
         try:
             with self.fs.open_output_stream(tmp) as out:
-                for chunk in _chunks(self.local / rel):
+                for chunk in chunks if chunks is not None else _chunks(self.local / rel):
                     out.write(chunk)
             self.fs.move(tmp, final)
         finally:

@@ -49,7 +49,17 @@ def tiny_backend(tiny_model_path):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3():
+    """An S3 server on 127.0.0.1 for the session, with bucket `bdc`; its endpoint and keys are in
+    the environment, as on a cluster node (started before Ray, whose workers inherit them)."""
+    from tests.helpers.s3 import s3_server
+
+    with s3_server(buckets=("bdc",)) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
     """One small local Ray for the whole test session (ray.init costs 10-20 s here)."""
     import ray
 

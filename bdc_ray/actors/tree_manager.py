@@ -10,6 +10,7 @@ loses only the trees in flight. A tree that raises is recorded with its error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -30,9 +31,21 @@ from .replicas import ReplicaGroup
 log = logging.getLogger(__name__)
 
 
-def trace_path(run_dir: str | Path, split: str, problem_id: str) -> Path:
+def trace_name(split: str, problem_id: str) -> str:
+    """A trace's path inside the run."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
-    return Path(run_dir) / "traces" / f"{split}--{safe}.parquet"
+    return f"traces/{split}--{safe}.parquet"
+
+
+def trace_path(run_dir: str | Path, split: str, problem_id: str) -> Path:
+    return Path(run_dir) / trace_name(split, problem_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _storage(spec: str):
+    from bdc_ray.storage import RunStorage
+
+    return RunStorage(spec)
 
 
 def empty_progress() -> dict[str, int]:
@@ -186,8 +199,6 @@ class TreeManager:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = trace_path(run_dir, split, row["problem_id"])
-        path.parent.mkdir(parents=True, exist_ok=True)
         # nested, variable structures travel as JSON columns; the flat ones stay queryable
         flat = {
             "problem_id": row["problem_id"],
@@ -205,9 +216,13 @@ class TreeManager:
             "examples": json.dumps(row["examples"]),
             "fingerprint": row.get("fingerprint", ""),
         }
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist([flat]), tmp)
-        tmp.replace(path)  # a reader never sees half a trace
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([flat]), buf)
+        # into run storage from whichever node this actor is on; a reader never sees half a
+        # trace, and a trace written is kept whatever happens to the search after it
+        _storage(run_dir).write_bytes(
+            trace_name(split, row["problem_id"]), buf.getvalue().to_pybytes()
+        )
 
 
 TreeManagerActor = ray.remote(TreeManager)

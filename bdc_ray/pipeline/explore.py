@@ -96,7 +96,7 @@ def _submit(tm: Any, run: RunDir, problems: dict[str, Problem], ids: dict, fp: s
             log.info("%s: %d of %d problems already explored, skipped",
                      name, len(todo_ids) - len(todo), len(todo_ids))  # fmt: skip
         if todo:
-            refs.append(tm.explore.remote(todo, name, str(run.root)))
+            refs.append(tm.explore.remote(todo, name, run.storage.spec))
             total += len(todo)
     return refs, total
 
@@ -182,6 +182,7 @@ def explore(cfg: Config, run: RunDir) -> dict:
         return {**recorded, "progress": empty_progress()}
     with _search_actors(cfg, fp) as (tm, pool):
         _follow(tm, *_submit(tm, run, problems, ids, fp))
+        run.storage.pull()  # the traces the TreeManager wrote into run storage
         progress = ray.get(tm.get_progress.remote())
         sft, train_rows = write_sft(run, ids["train"])
         summary = _score_mcts(run, problems, ids["test"], pool, sft, train_rows, fp, start)

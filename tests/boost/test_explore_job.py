@@ -63,6 +63,27 @@ def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_sess
     assert {n: (run / "traces" / n).stat().st_mtime_ns for n in rows} == mtimes
 
 
+def test_explore_into_s3_writes_traces_from_the_tree_manager_and_resumes_elsewhere(
+    ray_session, s3, tmp_path, monkeypatch
+):
+    from tests.storage.test_run_storage import objects
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "driver-a"))
+    first = pipeline.explore(["--run-dir", "s3://bdc/explore", *TINY])
+    stored = objects("s3://bdc/explore")
+    names = [k for k in stored if k.startswith("traces/")]
+    assert len(names) == 5 and first["progress"]["done"] == 5
+    assert {f"sft/{k}.jsonl" for k in ("p2t", "t2c", "p2c", "prefs")} <= set(stored)
+    assert "eval/results.json" in stored
+    # another driver with an empty cache (another machine) finds every problem done
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "driver-b"))
+    again = pipeline.explore(["--run-dir", "s3://bdc/explore", *TINY])
+    assert again["progress"]["done"] == 0 and again["progress"]["llm_calls"] == 0
+    assert {k: v for k, v in objects("s3://bdc/explore").items() if k in names} == {
+        k: stored[k] for k in names
+    }
+
+
 def test_an_interrupted_run_finishes_only_the_rest(ray_session, tmp_path):
     run = tmp_path / "run"
     pipeline.explore(["--run-dir", str(run), *TINY])

@@ -20,8 +20,10 @@ def parse(argv: list[str]) -> tuple[Config, RunDir, list[str] | None]:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
     cfg = load_config(LOCAL, args.overrides)
-    save_config(cfg, Path(args.run_dir) / "config.yaml")
-    return cfg, RunDir(args.run_dir), args.stages
+    run = RunDir(args.run_dir)
+    save_config(cfg, run.config)
+    run.storage.push()
+    return cfg, run, args.stages
 
 
 def full(argv: list[str]) -> dict:
@@ -37,4 +39,5 @@ def explore(argv: list[str]) -> dict:
     from bdc_ray.pipeline.explore import explore as explore_stage
 
     cfg, run, _ = parse(argv)
-    return explore_stage(cfg, run)
+    with run.synced():
+        return explore_stage(cfg, run)

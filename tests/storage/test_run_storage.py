@@ -16,13 +16,6 @@ from bdc_ray.pipeline import run_pipeline
 from bdc_ray.pipeline import stages as stages_mod
 from bdc_ray.rundir import RunDir, RunDirError, check_run_dir
 from bdc_ray.storage import RunStorage
-from tests.helpers.s3 import s3_server
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server(buckets=("bdc",)) as env:
-        yield env
 
 
 def objects(uri: str) -> dict[str, bytes]:
@@ -212,3 +205,27 @@ def test_tune_checkpoints_go_into_run_storage(s3, tmp_path, ray_session):
     with best.checkpoint.as_directory() as d:
         assert json.loads(open(f"{d}/state.json").read()) == {"x": 1}
     assert run.storage.pull() == 0  # Ray's own folder is not copied into the node's copy
+
+
+def test_the_tree_manager_writes_each_trace_into_run_storage_itself(s3, tmp_path, monkeypatch):
+    """Whichever node the TreeManager is on: the trace is an object of the store, not a file in
+    the driver's copy (a file on the TreeManager's node would be lost with that node)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from bdc_ray.actors.tree_manager import TreeManager
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "cache"))
+    row = {"problem_id": "HumanEval/0", "error": "", "best_program": "x = 1",
+           "best_thoughts": "t", "best_reward": 1.0, "solved_public": True,
+           "passed_hidden": True, "wall_s": 0.5, "stats": {}, "programs": [], "prefs": [],
+           "examples": {}, "fingerprint": "fp"}  # fmt: skip
+    TreeManager._write(row, "s3://bdc/tm", "train")
+    stored = objects("s3://bdc/tm")
+    assert list(stored) == ["traces/train--HumanEval_0.parquet"]
+    back = pq.read_table(io.BytesIO(stored["traces/train--HumanEval_0.parquet"])).to_pylist()
+    assert back[0]["best_program"] == "x = 1" and back[0]["split"] == "train"
+    assert not (RunDir("s3://bdc/tm").root / "traces").exists()  # nothing went through a copy
+    TreeManager._write(row, str(tmp_path / "local-run"), "test")  # a folder: written in place
+    assert (tmp_path / "local-run" / "traces" / "test--HumanEval_0.parquet").is_file()
