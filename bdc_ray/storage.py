@@ -146,8 +146,8 @@ class RunStorage:
         except (OSError, ValueError) as e:
             raise StorageError(f"run storage {self.uri} cannot be written: {e}") from None
 
-    def _remote_files(self) -> dict[str, pafs.FileInfo]:
-        sel = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
+    def _remote_files(self, prefix: str = "") -> dict[str, pafs.FileInfo]:
+        sel = pafs.FileSelector(self.store_path(prefix), recursive=True, allow_not_found=True)
         out = {}
         for info in self.fs.get_file_info(sel):
             if info.type != pafs.FileType.File:
@@ -253,14 +253,18 @@ class RunStorage:
             except (FileNotFoundError, OSError):
                 pass  # moved: the usual case
 
-    def pull(self) -> int:
-        """Fetch what changed in the store since this copy last saw it; files removed from the
-        store go here too, unless changed here since. Returns the number of files fetched."""
+    def pull(self, prefix: str = "") -> int:
+        """Fetch what changed in the store since this copy last saw it (under `prefix` only,
+        if given: one expert's folder, say); files removed from the store go here too, unless
+        changed here since. Returns the number of files fetched."""
         if not self.remote:
             return 0
+        under = prefix.rstrip("/") + "/" if prefix else ""
         with self._lock:
             manifest, fetched = self._manifest(), 0
-            remote, local = self._remote_files(), self._local_files()
+            remote = self._remote_files(prefix)
+            local = {k: v for k, v in self._local_files().items() if k.startswith(under)}
+            mine = {k: v for k, v in manifest.items() if k.startswith(under)}
             for rel, info in remote.items():
                 seen, st = manifest.get(rel), local.get(rel)
                 stamp = [info.size or 0, info.mtime_ns or 0]
@@ -269,7 +273,7 @@ class RunStorage:
                 fetched += self._download(rel)
                 st = os.stat(self.local / rel)
                 manifest[rel] = [st.st_size, st.st_mtime_ns, *stamp, time.time_ns()]
-            for rel in [r for r in manifest if r not in remote]:
+            for rel in [r for r in mine if r not in remote]:
                 st = local.get(rel)
                 if st and manifest[rel][:2] == [st.st_size, st.st_mtime_ns]:
                     os.unlink(self.local / rel)
@@ -303,6 +307,25 @@ class RunStorage:
             finally:
                 self._save_manifest(manifest)  # what did go up is not sent again
             return sent
+
+    def put_dir(self, rel: str, folder: str | os.PathLike, last: str | None = None) -> None:
+        """A folder made elsewhere (a worker's adapter) into the store under `rel`, replacing
+        what was there: each file whole, `last` after all the others, then the folder's old
+        files that the new one lacks removed."""
+        folder = Path(folder)
+        names = sorted(
+            str(p.relative_to(folder)).replace(os.sep, "/")
+            for p in folder.rglob("*")
+            if p.is_file()
+        )
+        names.sort(key=lambda n: n == last)
+        for name in names:
+            self._upload(f"{rel}/{name}", _chunks(folder / name))
+        sel = pafs.FileSelector(self.store_path(rel), recursive=True, allow_not_found=True)
+        for info in self.fs.get_file_info(sel):
+            name = info.path[len(self.store_path(rel)) :].lstrip("/")
+            if info.type == pafs.FileType.File and name not in names:
+                self.fs.delete_file(info.path)
 
     def delete_dir(self, rel: str) -> None:
         """Remove a folder of the store (a finished Ray Train run's checkpoints)."""

@@ -23,6 +23,22 @@ class TrialData:
     encoder: str
     settings: HypernetConfig
     seed: int = 0
+    storage: str = ""  # run storage URI: a trial on any node fetches the experts from there
+
+    def on_this_node(self) -> tuple[str, dict[str, str]]:
+        """The base model's and the experts' folders on the node this trial runs on: the model
+        resolved in this node's cache, the adapters fetched from run storage into it."""
+        from ..disentangle.train import local_model
+
+        if not self.storage:
+            return self.base_model, self.experts
+        from ..storage import RunStorage
+
+        st = RunStorage(self.storage)
+        for name in self.experts:
+            st.pull(f"experts/{name}")
+        experts = {name: str(st.local / "experts" / name) for name in self.experts}
+        return local_model(self.base_model_spec), experts
 
     def trial_settings(self, config: dict[str, Any]) -> HypernetConfig:
         """This trial's settings: the searched values over the configured ones, validated
@@ -46,7 +62,8 @@ def trial(config: dict, data: TrialData) -> None:
     torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
     torch.manual_seed(data.seed)
     s = data.trial_settings(config)
-    tok = AutoTokenizer.from_pretrained(data.base_model)
+    base_model, experts = data.on_this_node()
+    tok = AutoTokenizer.from_pretrained(base_model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows, keep = [], []
     for i, ex in enumerate(data.examples):
@@ -57,15 +74,15 @@ def trial(config: dict, data: TrialData) -> None:
     feats = torch.as_tensor(data.features[keep])
     groups = [data.groups[i] for i in keep]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(data.base_model).to(device)
-    mix = inject_mixture(model, data.experts, data.base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model).to(device)
+    mix = inject_mixture(model, experts, base_model)
     wanted = layer_selection(model.config.num_hidden_layers, s.layers)
     active = [i for i, layer in enumerate(mix.layers) if layer in wanted]
     hyper = HyperNetwork(
         feats.shape[1], active, len(mix.modules), mix.k, mix.r, s.hidden, s.tau
     ).to(device)
     meta = {
-        "base_model": data.base_model,
+        "base_model": base_model,
         "base_model_spec": data.base_model_spec,
         "experts": mix.experts,
         "modules": mix.modules,

@@ -41,6 +41,10 @@ class ExpertSpec:
     seed: int = 0
     fingerprint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # run storage (a URI) and the adapter's folder in it: rank 0 uploads the adapter there from
+    # whichever node it trains on; without one it is written to out_dir
+    storage: str = ""
+    out_name: str = ""
 
     def __post_init__(self) -> None:
         # on construction and again on arrival (`arrived`): a dict, or a config pickled by
@@ -289,13 +293,14 @@ class ExpertTraining:
         from transformers import AutoTokenizer
 
         spec, e = self.spec, self.e
-        tok = AutoTokenizer.from_pretrained(spec.model_path)
+        model_path = local_model(spec.model_path)  # resolved on this worker's node
+        tok = AutoTokenizer.from_pretrained(model_path)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = tokenize_examples(tok, spec.examples, e.max_seq_len)
         self.used = len(rows)
         self.per_epoch = steps_per_epoch(len(rows), e.batch_size, self.world)
         total = self.per_epoch * e.epochs
-        model = build_lora_model(spec.model_path, e, spec.seed)
+        model = build_lora_model(model_path, e, spec.seed)
         optimizer = _optimizer(model, e)
         self.scheduler = linear_schedule(optimizer, total, e.warmup_ratio)
         init_process_group()
@@ -382,8 +387,29 @@ class ExpertTraining:
         )  # fmt: skip
         with gather:
             if self.rank == 0:
-                write_adapter(engine.module, spec.out_dir, result)
+                deliver_adapter(engine.module, spec, result)
         return result
+
+
+def local_model(spec: str) -> str:
+    """The model's folder on this node: the embedded models are converted in this node's cache
+    (once, also when workers race), hub ids fetched into it; a folder is used as it is."""
+    from ..llm.models import resolve_model
+
+    return str(resolve_model(spec))
+
+
+def deliver_adapter(model: Any, spec: ExpertSpec, log_row: dict[str, Any]) -> None:
+    """The adapter where the driver and later stages find it: uploaded into run storage (its
+    train_log.json last, so a folder without it is not a trained expert) or written to out_dir."""
+    from ..storage import RunStorage, is_uri
+
+    if not (spec.storage and is_uri(spec.storage)):
+        write_adapter(model, spec.out_dir, log_row)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        out = write_adapter(model, Path(d) / "adapter", log_row)
+        RunStorage(spec.storage).put_dir(spec.out_name, out, last="train_log.json")
 
 
 def write_adapter(model: Any, out_dir: str | Path, log_row: dict[str, Any]) -> Path:
@@ -465,12 +491,13 @@ def train_single_process(
     from transformers import AutoTokenizer
 
     e = spec.experts
-    tok = AutoTokenizer.from_pretrained(spec.model_path)
+    model_path = local_model(spec.model_path)
+    tok = AutoTokenizer.from_pretrained(model_path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = tokenize_examples(tok, spec.examples, e.max_seq_len)
     per_epoch = steps_per_epoch(len(rows), e.batch_size, 1)
     total = per_epoch * e.epochs
-    model = build_lora_model(spec.model_path, e, spec.seed)
+    model = build_lora_model(model_path, e, spec.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     optimizer = _optimizer(model, e)
@@ -503,7 +530,7 @@ def train_single_process(
     tokens, step_s = sum(history["tokens"]), sum(history["step_s"])
     result = _log_row(spec, history, done, len(rows), 1, tokens, step_s, wall, [], None)
     if write:
-        write_adapter(model, spec.out_dir, result)
+        deliver_adapter(model, spec, result)
     return result
 
 

@@ -94,7 +94,7 @@ SUMMARY_KEYS = ("examples", "steps", "first_loss", "final_loss", "tokens_per_s",
                 "resumed_from")  # fmt: skip
 
 
-def _plan(cfg: Config, run: RunDir, groups: dict, base: Path) -> tuple[list, dict]:
+def _plan(cfg: Config, run: RunDir, groups: dict) -> tuple[list, dict]:
     """(trainers to fit, train logs of the experts already trained on these examples)."""
     from ..disentangle.train import ExpertSpec
 
@@ -107,9 +107,12 @@ def _plan(cfg: Config, run: RunDir, groups: dict, base: Path) -> tuple[list, dic
             log.info("expert %s: trained on these examples and config, skipped", name)
             done[name] = json.loads((out / "train_log.json").read_text())
             continue
-        spec = ExpertSpec(name=name, model_path=str(base), examples=examples,
-                          out_dir=str(out.resolve()), experts=cfg.experts, seed=cfg.seed,
-                          fingerprint=fp)  # fmt: skip
+        # the model as configured, not this node's path of it: each worker resolves it on its
+        # own node; a run in a store gets the adapter uploaded there by the trainer
+        spec = ExpertSpec(name=name, model_path=cfg.models[cfg.base_model].path,
+                          examples=examples, out_dir=str(out.resolve()), experts=cfg.experts,
+                          seed=cfg.seed, fingerprint=fp, out_name=f"experts/{name}",
+                          storage=run.storage.spec if run.storage.remote else "")  # fmt: skip
         todo.append((name, make_trainer(cfg, spec, storage, f"{name}-{fp}"), f"{name}-{fp}"))
     return todo, done
 
@@ -122,6 +125,7 @@ def _fit_all(cfg: Config, run: RunDir, todo: list) -> dict:
         name, trainer, run_name = item
         t0 = time.perf_counter()
         trainer.fit()  # raises TrainingFailedError after max_failures
+        run.storage.pull()  # the adapter its rank 0 uploaded, wherever it trained
         # the adapter is written: its resumable checkpoints are no longer needed
         run.storage.delete_dir(f"{TRAIN_STORAGE}/{run_name}")
         return name, time.perf_counter() - t0
@@ -149,7 +153,7 @@ def train_experts(cfg: Config, run: RunDir, names: list[str] | None = None) -> d
             raise StageInputError(f"unknown experts {unknown}; known: {sorted(groups)}")
         groups = {n: groups[n] for n in names}
     base = resolve_model(cfg.models[cfg.base_model].path)
-    todo, results = _plan(cfg, run, groups, base)
+    todo, results = _plan(cfg, run, groups)
     start = time.perf_counter()
     if todo:
         results.update(_fit_all(cfg, run, todo))

@@ -71,6 +71,7 @@ def prepare(cfg: Config, run: RunDir, experts: dict[str, Path]) -> TrialData:
         encoder=cfg.cluster.encoder,
         settings=cfg.hypernet,
         seed=cfg.seed,
+        storage=run.storage.spec if run.storage.remote else "",
     )
 
 

@@ -136,3 +136,25 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_session, reference_r
 def test_missing_clusters_fail_with_a_clear_message(tmp_path):
     with pytest.raises(StageInputError, match="run jobs/disentangle.py first"):
         train_experts(config(), RunDir(tmp_path))
+
+
+def test_an_expert_of_a_run_in_s3_is_uploaded_by_its_trainer(
+    ray_session, s3, reference_rows, tmp_path, monkeypatch
+):
+    """Run storage in a bucket: the trainer resolves the model on its own node, checkpoints
+    into the bucket and uploads the adapter there (train_log.json last); the driver's copy gets
+    it from the bucket, and the finished trainer's checkpoints are removed from it."""
+    from tests.storage.test_run_storage import objects
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "driver"))
+    rows = reference_rows[:4]
+    run = make_run(RunDir("s3://bdc/experts").root, rows, [0, 0, 0, 0])
+    run = RunDir("s3://bdc/experts")
+    run.storage.push()
+    summary = train_experts(config(epochs=1, merges=[]), run, ["full"])
+    assert summary["experts"]["full"]["steps"] == 2
+    stored = objects("s3://bdc/experts")
+    assert {"experts/full/adapter_model.safetensors", "experts/full/train_log.json"} <= set(stored)
+    assert not [k for k in stored if k.startswith("experts/.ray_train/")]
+    log = json.loads(stored["experts/full/train_log.json"])
+    assert log == json.loads((run.root / "experts" / "full" / "train_log.json").read_text())

@@ -6,6 +6,7 @@ is one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -229,3 +230,33 @@ def test_the_tree_manager_writes_each_trace_into_run_storage_itself(s3, tmp_path
     assert not (RunDir("s3://bdc/tm").root / "traces").exists()  # nothing went through a copy
     TreeManager._write(row, str(tmp_path / "local-run"), "test")  # a folder: written in place
     assert (tmp_path / "local-run" / "traces" / "test--HumanEval_0.parquet").is_file()
+
+
+def test_a_tune_trial_fetches_the_experts_from_run_storage_on_its_node(s3, tmp_path, monkeypatch):
+    """The driver's paths of the adapters mean nothing on another node: a trial fetches each
+    expert's folder from the store into its node's cache and resolves the base model there."""
+    from bdc_ray.config import HypernetConfig
+    from bdc_ray.customize.tune import TrialData
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "driver"))
+    driver = RunDir("s3://bdc/trial")
+    for name in ("cluster_0", "cluster_1"):
+        (driver.root / "experts" / name).mkdir(parents=True)
+        (driver.root / "experts" / name / "adapter_config.json").write_text(f'{{"n": "{name}"}}')
+    (driver.root / "eval").mkdir()
+    (driver.root / "eval" / "results.json").write_text("{}")
+    driver.storage.push()
+    data = TrialData(
+        examples=[], features=None, groups=[], base_model="/driver/only/model",
+        base_model_spec="tiny-random-llama", encoder="x", settings=HypernetConfig(),
+        experts={n: str(driver.root / "experts" / n) for n in ("cluster_0", "cluster_1")},
+        storage=driver.storage.spec,
+    )  # fmt: skip
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "trial-node"))
+    base, experts = data.on_this_node()
+    assert (Path(base) / "config.json").is_file() and "/driver/" not in base
+    for name, folder in experts.items():
+        assert folder.startswith(str(tmp_path / "trial-node"))
+        assert json.loads((Path(folder) / "adapter_config.json").read_text()) == {"n": name}
+    trial_copy = RunDir("s3://bdc/trial").root
+    assert not (trial_copy / "eval").exists()  # only the experts' folders were fetched
