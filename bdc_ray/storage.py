@@ -147,6 +147,10 @@ class RunStorage:
             raise StorageError(f"run storage {self.uri} cannot be written: {e}") from None
 
     def _remote_files(self, prefix: str = "") -> dict[str, pafs.FileInfo]:
+        if prefix:
+            one = self.fs.get_file_info(self.store_path(prefix))
+            if one.type == pafs.FileType.File:  # a single file named
+                return {prefix: one}
         sel = pafs.FileSelector(self.store_path(prefix), recursive=True, allow_not_found=True)
         out = {}
         for info in self.fs.get_file_info(sel):
@@ -254,17 +258,21 @@ class RunStorage:
                 pass  # moved: the usual case
 
     def pull(self, prefix: str = "") -> int:
-        """Fetch what changed in the store since this copy last saw it (under `prefix` only,
-        if given: one expert's folder, say); files removed from the store go here too, unless
+        """Fetch what changed in the store since this copy last saw it (only `prefix`, if
+        given: one expert's folder, or one file); files removed from the store go here too, unless
         changed here since. Returns the number of files fetched."""
         if not self.remote:
             return 0
-        under = prefix.rstrip("/") + "/" if prefix else ""
+        prefix = prefix.strip("/")
+
+        def under(rel: str) -> bool:
+            return not prefix or rel == prefix or rel.startswith(prefix + "/")
+
         with self._lock:
             manifest, fetched = self._manifest(), 0
             remote = self._remote_files(prefix)
-            local = {k: v for k, v in self._local_files().items() if k.startswith(under)}
-            mine = {k: v for k, v in manifest.items() if k.startswith(under)}
+            local = {k: v for k, v in self._local_files().items() if under(k)}
+            mine = {k: v for k, v in manifest.items() if under(k)}
             for rel, info in remote.items():
                 seen, st = manifest.get(rel), local.get(rel)
                 stamp = [info.size or 0, info.mtime_ns or 0]

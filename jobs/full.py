@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.serve:
         from bdc_ray.pipeline.serve import start_serving
 
-        served = start_serving(cfg.serve, run.root)
+        served = start_serving(cfg.serve, run.storage.spec)
         print(f"OpenAI-compatible API at {served.url}, model {cfg.serve.model_name!r}", flush=True)
         _common.wait_forever()
     return results

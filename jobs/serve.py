@@ -32,9 +32,8 @@ def main(argv: list[str] | None = None) -> str:
         args.overrides.append(f"serve.port={args.port}")
     cfg = load(args, models=False, data=False)  # the served run names its own model
     run = RunDir(args.run_dir)
-    run.storage.pull()  # replicas read the run's hypernetwork and adapters from this copy
-    try:
-        served = ServedSolver(run.root, cfg.serve)  # bad settings fail before Ray starts
+    try:  # a run in a store: each replica fetches the solver from it on its own node
+        served = ServedSolver(run.storage.spec, cfg.serve)  # bad settings fail before Ray starts
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -49,6 +49,27 @@ class _GatedBackend(TransformersBackend):
             )
 
 
+def solver_folder(spec: str | Path) -> Path:
+    """This node's folder of a run's customised solver: the run folder itself, or, for a run in
+    a store, its hypernetwork, the experts that gates and the cluster centroids fetched from
+    there into this node's cache (what an evaluation task or a Serve replica on any node
+    needs, and nothing else of the run)."""
+    import json
+
+    from ..storage import RunStorage, is_uri
+
+    if not is_uri(spec):
+        return Path(spec)
+    st = RunStorage(str(spec))
+    st.pull("hypernet")
+    meta_path = st.local / "hypernet" / "hypernet.json"
+    if meta_path.is_file():
+        for name in json.loads(meta_path.read_text()).get("experts", []):
+            st.pull(f"experts/{name}")
+    st.pull("clusters/centroids.npy")
+    return st.local
+
+
 class CustomizedSolver:
     """Loads base model, experts, encoder, centroids and hypernetwork from a run directory."""
 

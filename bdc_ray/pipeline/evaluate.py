@@ -123,7 +123,7 @@ def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "",
         num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus, max_retries=1
     )
     prompts = [direct_messages(p) for p in test]
-    completions = ray.get(task.remote(str(run.root.resolve()), prompts, sampling, model_cfg))
+    completions = ray.get(task.remote(run.storage.spec, prompts, sampling, model_cfg))
     gates = {
         p.id: {"gates": c.meta["gates"], "nearest_cluster": c.meta["nearest_cluster"]}
         for p, c in zip(test, completions, strict=True)

@@ -191,14 +191,14 @@ class SolverServer:
     globals, by name instead of receiving pickled copies."""
 
     def __init__(self, run_dir: str, settings: dict[str, Any], key_sha256: str | None) -> None:
-        from ..customize.solver import CustomizedSolver
+        from ..customize.solver import CustomizedSolver, solver_folder
 
         self.cfg = ServeConfig.model_validate(settings)
         _AUTH["key_sha256"] = key_sha256
         _LIMITS["max_body_bytes"] = self.cfg.max_body_bytes
         self.run_dir = Path(run_dir)
         self.solver = CustomizedSolver(
-            run_dir,
+            solver_folder(run_dir),  # a run in a store: fetched on this replica's node
             dtype=self.cfg.dtype,
             max_batch_size=self.cfg.max_batch_size,
             num_threads=self.cfg.num_threads,
@@ -542,10 +542,22 @@ def check_program(program: str, problem: Any, sandbox: Any) -> dict[str, Any]:
 def build_app(
     run_dir: str | Path, cfg: ServeConfig, api_key: str | None = None
 ) -> serve.Application:
-    """The Serve application of the customised solver in `run_dir`, sized by `cfg`. The API
-    key travels to the replicas as its SHA-256 only."""
-    run = Path(run_dir).resolve()
-    if not (run / "hypernet" / "hypernet.json").is_file():
+    """The Serve application of the customised solver in `run_dir` (a folder, or a run-storage
+    URI each replica fetches from), sized by `cfg`. The API key travels to the replicas as its
+    SHA-256 only."""
+    from ..storage import RunStorage, is_uri
+
+    if is_uri(run_dir):
+        import pyarrow.fs as pafs
+
+        # replicas fetch the solver from run storage on their own nodes
+        st = RunStorage(str(run_dir))
+        found = st.fs.get_file_info(st.store_path("hypernet/hypernet.json")).type
+        run, missing = st.uri, found != pafs.FileType.File
+    else:
+        run = Path(run_dir).resolve()
+        missing = not (run / "hypernet" / "hypernet.json").is_file()
+    if missing:
         raise FileNotFoundError(
             f"{run}: no trained hypernetwork (hypernet/hypernet.json); run jobs/full.py first"
         )

@@ -260,3 +260,31 @@ def test_a_tune_trial_fetches_the_experts_from_run_storage_on_its_node(s3, tmp_p
         assert json.loads((Path(folder) / "adapter_config.json").read_text()) == {"n": name}
     trial_copy = RunDir("s3://bdc/trial").root
     assert not (trial_copy / "eval").exists()  # only the experts' folders were fetched
+
+
+def test_an_evaluation_task_or_replica_fetches_only_the_solver_from_run_storage(
+    s3, tmp_path, monkeypatch
+):
+    from bdc_ray.config import ServeConfig
+    from bdc_ray.customize.solver import solver_folder
+    from bdc_ray.serve.app import build_app
+
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "driver"))
+    with pytest.raises(FileNotFoundError, match="s3://bdc/solver: no trained hypernetwork"):
+        build_app("s3://bdc/solver", ServeConfig())
+    driver = RunDir("s3://bdc/solver")
+    files = {"hypernet/hypernet.json": '{"experts": ["cluster_0"]}', "hypernet/hypernet.pt": "w",
+             "experts/cluster_0/adapter_config.json": "{}", "experts/cluster_1/x": "not gated",
+             "clusters/centroids.npy": "c", "clusters/examples.jsonl": "", "eval/results.json": "{}"}  # fmt: skip
+    for rel, text in files.items():
+        (driver.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (driver.root / rel).write_text(text)
+    driver.storage.push()
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "replica-node"))
+    folder = solver_folder("s3://bdc/solver")
+    got = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert [g for g in got if not g.startswith(".")] == [
+        "clusters/centroids.npy", "experts/cluster_0/adapter_config.json",
+        "hypernet/hypernet.json", "hypernet/hypernet.pt",
+    ]  # fmt: skip
+    assert solver_folder(str(tmp_path)) == tmp_path  # a folder is used as it is
