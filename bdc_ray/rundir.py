@@ -11,23 +11,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .storage import RunStorage, StorageError, is_uri
+from .storage import RunStorage, StorageError, atomic_write_bytes, is_uri
 
 _RESULTS_LOCK = threading.Lock()  # results.json is read-modify-written
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, text.encode())
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

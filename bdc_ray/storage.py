@@ -71,6 +71,20 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -227,16 +241,7 @@ class RunStorage:
         if self.remote:
             self._upload(rel, iter((data,)))
             return
-        target = self.local / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(self.local / rel, data)
 
     def _upload(self, rel: str, chunks: Iterator[bytes] | None = None) -> None:
         """Into a dot-named temporary object, then moved to its name (a rename here, a copy on
