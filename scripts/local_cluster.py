@@ -101,22 +101,7 @@ class LocalCluster:
                f"--num-cpus={self.cpus_per_worker}",
                "--num-gpus=0", "--disable-usage-stats", "--temp-dir=/tmp/ray", *_own_ports(),
                "--resources", json.dumps({f"node_{i}": 1})]  # fmt: skip
-        steps = ["mount --make-rprivate /"]
-        if self.shared:  # held on /mnt while /tmp is replaced, then put back at its own path
-            steps += [f"mount --bind {shlex.quote(str(self.shared))} /mnt"]
-        steps += [
-            "mount -t tmpfs -o size=2g tmpfs /tmp",
-            "mount -t tmpfs -o size=2g tmpfs /dev/shm",
-        ]
-        if self.shared:
-            q = shlex.quote(str(self.shared))
-            steps += [f"mkdir -p {q}", f"mount --bind /mnt {q}", "umount /mnt"]
-        steps += [
-            "mkdir -p /tmp/home /tmp/cache /tmp/work",
-            "cd /tmp/work",
-            "exec " + shlex.join(ray),
-        ]
-        script = " && ".join(steps)
+        script = " && ".join(self._node_mounts(ray))
         env = {**self.env, "HOME": "/tmp/home", "BDC_RAY_CACHE": "/tmp/cache",
                "TMPDIR": "/tmp", "BDC_NODE": f"node_{i}"}  # fmt: skip
         unshare = ["unshare", "--mount", "--pid", "--fork", "--mount-proc"]
@@ -126,6 +111,31 @@ class LocalCluster:
             [*unshare, "--", "sh", "-c", script], env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+
+    def _node_mounts(self, ray: list[str]) -> list[str]:
+        """The worker's shell steps: private /tmp and /dev/shm, with the folders every node
+        must see at the same path held aside and bound back (the shared folder, and this
+        interpreter's environment and the project when they live under /tmp, as in a fresh
+        clone there: hidden, the node could not even start Ray)."""
+        keep = [Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1]]
+        keep = [p for p in keep if p.is_relative_to("/tmp") or p.is_relative_to("/dev/shm")]
+        keep += [self.shared] if self.shared else []
+        steps = ["mount --make-rprivate /", "mount -t tmpfs tmpfs /mnt"]
+        for n, path in enumerate(keep):
+            steps += [f"mkdir /mnt/{n}", f"mount --bind {shlex.quote(str(path))} /mnt/{n}"]
+        steps += [
+            "mount -t tmpfs -o size=2g tmpfs /tmp",
+            "mount -t tmpfs -o size=2g tmpfs /dev/shm",
+        ]
+        for n, path in enumerate(keep):
+            q = shlex.quote(str(path))
+            steps += [f"mkdir -p {q}", f"mount --bind /mnt/{n} {q}"]
+        steps += [
+            "mkdir -p /tmp/home /tmp/cache /tmp/work",
+            "cd /tmp/work",
+            "exec " + shlex.join(ray),
+        ]
+        return steps
 
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker i's namespace: its raylet, object store and workers end at once."""
