@@ -149,6 +149,10 @@ class RunStorage:
             return str((self.local / rel).resolve()), None
         return self.store_path(rel), self.fs
 
+    def exists(self, rel: str) -> bool:
+        """A file of the run in the store (the folder itself, for a local one)."""
+        return self.fs.get_file_info(self.store_path(rel)).type == pafs.FileType.File
+
     def check_writable(self) -> None:
         """Write and remove a probe object; StorageError naming the store otherwise."""
         probe = self.store_path(f".bdc-write-check.{os.getpid()}.{os.urandom(4).hex()}")

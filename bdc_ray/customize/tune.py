@@ -28,7 +28,7 @@ class TrialData:
     def on_this_node(self) -> tuple[str, dict[str, str]]:
         """The base model's and the experts' folders on the node this trial runs on: the model
         resolved in this node's cache, the adapters fetched from run storage into it."""
-        from ..disentangle.train import local_model
+        from ..llm.models import resolve_model
 
         if not self.storage:
             return self.base_model, self.experts
@@ -38,7 +38,7 @@ class TrialData:
         for name in self.experts:
             st.pull(f"experts/{name}")
         experts = {name: str(st.local / "experts" / name) for name in self.experts}
-        return local_model(self.base_model_spec), experts
+        return str(resolve_model(self.base_model_spec)), experts
 
     def trial_settings(self, config: dict[str, Any]) -> HypernetConfig:
         """This trial's settings: the searched values over the configured ones, validated

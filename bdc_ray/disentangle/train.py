@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExpertsConfig
+from ..llm.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class ExpertTraining:
         from transformers import AutoTokenizer
 
         spec, e = self.spec, self.e
-        model_path = local_model(spec.model_path)  # resolved on this worker's node
+        model_path = str(resolve_model(spec.model_path))  # resolved on this worker's node
         tok = AutoTokenizer.from_pretrained(model_path)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         rows = tokenize_examples(tok, spec.examples, e.max_seq_len)
@@ -391,20 +392,12 @@ class ExpertTraining:
         return result
 
 
-def local_model(spec: str) -> str:
-    """The model's folder on this node: the embedded models are converted in this node's cache
-    (once, also when workers race), hub ids fetched into it; a folder is used as it is."""
-    from ..llm.models import resolve_model
-
-    return str(resolve_model(spec))
-
-
 def deliver_adapter(model: Any, spec: ExpertSpec, log_row: dict[str, Any]) -> None:
     """The adapter where the driver and later stages find it: uploaded into run storage (its
     train_log.json last, so a folder without it is not a trained expert) or written to out_dir."""
-    from ..storage import RunStorage, is_uri
+    from ..storage import RunStorage
 
-    if not (spec.storage and is_uri(spec.storage)):
+    if not spec.storage:
         write_adapter(model, spec.out_dir, log_row)
         return
     with tempfile.TemporaryDirectory() as d:
@@ -491,7 +484,7 @@ def train_single_process(
     from transformers import AutoTokenizer
 
     e = spec.experts
-    model_path = local_model(spec.model_path)
+    model_path = str(resolve_model(spec.model_path))
     tok = AutoTokenizer.from_pretrained(model_path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = tokenize_examples(tok, spec.examples, e.max_seq_len)

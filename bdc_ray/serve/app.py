@@ -545,18 +545,10 @@ def build_app(
     """The Serve application of the customised solver in `run_dir` (a folder, or a run-storage
     URI each replica fetches from), sized by `cfg`. The API key travels to the replicas as its
     SHA-256 only."""
-    from ..storage import RunStorage, is_uri
+    from ..storage import RunStorage
 
-    if is_uri(run_dir):
-        import pyarrow.fs as pafs
-
-        # replicas fetch the solver from run storage on their own nodes
-        st = RunStorage(str(run_dir))
-        found = st.fs.get_file_info(st.store_path("hypernet/hypernet.json")).type
-        run, missing = st.uri, found != pafs.FileType.File
-    else:
-        run = Path(run_dir).resolve()
-        missing = not (run / "hypernet" / "hypernet.json").is_file()
+    st = RunStorage(run_dir)  # a run in a store: each replica fetches the solver on its node
+    run, missing = st.spec, not st.exists("hypernet/hypernet.json")
     if missing:
         raise FileNotFoundError(
             f"{run}: no trained hypernetwork (hypernet/hypernet.json); run jobs/full.py first"
