@@ -17,10 +17,17 @@ import reprlib
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
@@ -55,6 +62,38 @@ class _Strict(BaseModel):
 # A field marked so is an operational limit (how much input is accepted), not a setting of what
 # a stage computes: stage fingerprints leave it out, so raising a limit reruns nothing.
 _NOT_HASHED = {"fingerprint": False}
+
+# Ray's own resources have fields of their own (num_cpus, num_gpus, ...); `resources` takes
+# only the custom ones a node type advertises (cluster.yaml), which pin a role to that type
+_RAY_BUILTIN = {"cpu", "gpu", "memory", "object_store_memory"}
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    for name, amount in value.items():
+        if not name or name.lower() in _RAY_BUILTIN:
+            raise ValueError(
+                f"{name!r} is not a custom resource: CPUs and GPUs have their own keys "
+                "(num_cpus/num_gpus, cpus_per_worker, ...); name a resource a node type "
+                "advertises, e.g. {gpu_inference: 1}"
+            )
+        if not amount >= 0:
+            raise ValueError(f"resource {name!r}: amount {amount} must be >= 0")
+    return value
+
+
+def _placement(role: str) -> Any:
+    """A field of custom Ray resources one `role` reserves (where it runs, not what it
+    computes: not hashed)."""
+    return Field(
+        default_factory=dict,
+        description=f"custom Ray resources {role} reserves besides CPUs and GPUs, e.g. "
+        "{gpu_inference: 1}: only nodes that advertise them (cluster.yaml's node types, "
+        "`ray start --resources`) take it",
+        json_schema_extra=_NOT_HASHED,
+    )
+
+
+Resources = Annotated[dict[str, float], AfterValidator(_custom_resources)]
 
 
 class DataConfig(_Strict):
@@ -137,6 +176,9 @@ class ModelConfig(_Strict):
     num_gpus: float = Field(
         0.0, ge=0, description="GPUs Ray reserves for each replica actor (fractions share one)"
     )
+    resources: Resources = _placement(
+        "each replica actor (and the `customized` evaluation task of the base model)"
+    )
     max_batch_size: int = Field(
         16,
         ge=1,
@@ -165,8 +207,9 @@ class ModelConfig(_Strict):
     )
     adapter: str | None = Field(
         None,
-        description="peft LoRA adapter folder applied to the model (merged into the weights by "
-        "the transformers backend, a LoRARequest on vLLM); not with the openai backend",
+        description="peft LoRA adapter applied to the model (merged into the weights by the "
+        "transformers backend, a LoRARequest on vLLM): a folder, or a URI of one in a store, "
+        "which each replica fetches on its node; not with the openai backend",
     )
     # openai backend
     base_url: str | None = Field(
@@ -309,6 +352,9 @@ class SearchConfig(_Strict):
     test_limit: int | None = Field(
         None, ge=1, description="report mcts on the first N test problems (null: all)"
     )
+    manager_resources: Resources = _placement(
+        "the TreeManager actor (it holds no CPU: the trees wait on agents and sandboxes)"
+    )
 
 
 class ClusterConfig(_Strict):
@@ -348,6 +394,7 @@ class ClusterConfig(_Strict):
         1.0, gt=0, description="CPUs per embedding actor (its torch threads, rounded down)"
     )
     embed_gpus: float = Field(0.0, ge=0, description="GPUs per embedding actor")
+    embed_resources: Resources = _placement("each embedding actor")
 
     @model_validator(mode="after")
     def _k_range(self) -> ClusterConfig:
@@ -403,6 +450,7 @@ class ExpertsConfig(_Strict):
     use_gpu: bool = Field(
         False, description="one GPU per worker and NCCL; false trains on CPUs with gloo"
     )
+    resources_per_worker: Resources = _placement("each Ray Train worker")
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16 turns on DeepSpeed's bf16 mode (GPUs)"
     )
@@ -436,6 +484,7 @@ class TuneConfig(_Strict):
     max_concurrent: int = Field(2, ge=1, description="trials run at once")
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves per trial")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs Ray reserves per trial")
+    resources_per_trial: Resources = _placement("each trial")
     hidden: list[int] = Field(
         default_factory=lambda: [32, 64, 128], description="hidden sizes a trial chooses from"
     )
@@ -506,6 +555,12 @@ class ServeConfig(_Strict):
 
     host: str = Field("127.0.0.1", description="0.0.0.0 exposes the API beyond this machine")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="where Serve runs HTTP proxies: on every node (any node's address answers; "
+        "a load balancer in front spreads clients) or on the head only",
+        json_schema_extra=_NOT_HASHED,
+    )
     model_name: str = Field("bdc-customized", description="the model id clients ask for")
     api_key_env: str | None = Field(
         None, description="environment variable holding the bearer key; unset: no key"
@@ -532,6 +587,7 @@ class ServeConfig(_Strict):
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
+    resources: Resources = _placement("each replica")
     num_threads: int | None = Field(
         None, ge=1, description="torch threads per replica (OMP_NUM_THREADS; null: torch's default)"
     )
@@ -600,11 +656,20 @@ class EvalConfig(_Strict):
         "program's whole run gets 4x)",
     )
     workers: int = Field(
-        4, ge=1, description="parallel test executions: programs the ExecutorPool runs at once"
+        4, ge=1, description="parallel test executions: programs each ExecutorPool runs at once"
     )
     executor_cpus: float | None = Field(
-        None, ge=0, description="CPUs the ExecutorPool reserves in Ray (default: workers)"
+        None, ge=0, description="CPUs each ExecutorPool reserves in Ray (default: workers)"
     )
+    executor_pools: int = Field(
+        1,
+        ge=1,
+        description="sandbox pools (ExecutorPool actors) spread over the cluster's nodes; "
+        "search and evaluation send each program to the next one, so checks run on every "
+        "node's CPUs. Each runs `workers` programs at once",
+        json_schema_extra=_NOT_HASHED,
+    )
+    executor_resources: Resources = _placement("each ExecutorPool")
     concurrent_methods: int = Field(
         1,
         ge=1,

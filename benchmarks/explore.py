@@ -56,7 +56,7 @@ def engine_efficiency(model: str, n_problems: int, tmp: Path) -> dict:
     tm = TreeManagerActor.options(num_cpus=0).remote(
         agents,
         {a.name: ReplicaGroup.of_handles([llm]) for a in agents},
-        pool,
+        ReplicaGroup.of_handles([pool]),
         search,
         0,
     )
@@ -143,7 +143,11 @@ def scaling(sizes: list[int], latency: float, tmp: Path, rollouts: int = 4) -> l
         n_problems = 2 * k  # two trees per actor keep every actor busy
         cfg = search.model_copy(update={"concurrent_trees": n_problems})
         tm = TreeManagerActor.options(num_cpus=0).remote(
-            [agent], {"agent": ReplicaGroup.of_handles(actors)}, checker, cfg, 0
+            [agent],
+            {"agent": ReplicaGroup.of_handles(actors)},
+            ReplicaGroup.of_handles([checker]),
+            cfg,
+            0,
         )
         problems = [problem_pool[i % len(problem_pool)] for i in range(n_problems)]
         t = time.perf_counter()

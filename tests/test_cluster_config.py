@@ -56,3 +56,37 @@ def test_gpu_config_puts_agents_on_vllm_and_experts_on_several_gpus():
     assert cfg.experts.use_gpu and cfg.experts.num_workers > 1 and cfg.experts.zero_stage >= 2
     assert cfg.serve.num_gpus >= 1 and cfg.serve.max_replicas > cfg.serve.min_replicas
     assert cfg.serve.api_key_env  # a network-facing server keeps its key on
+
+
+def test_every_gpu_role_asks_for_the_node_type_that_can_host_it(raw):
+    """Each role of configs/gpu.yaml names a custom resource that exactly one node type of
+    cluster.yaml advertises, and that node type has the GPUs and CPUs the role asks for: the
+    autoscaler starts that type for it, and a trainer never lands on an inference node."""
+    types = raw["available_node_types"]
+    cfg = load_config(ROOT / "configs" / "gpu.yaml")
+    base = cfg.models[cfg.base_model]
+    agents = [cfg.models[a.model] for a in cfg.agents]
+    roles = {
+        **{f"agent model {m.path}": (m.resources, m.num_gpus, m.num_cpus) for m in agents},
+        "system-1 engine": (base.resources, base.num_gpus, base.num_cpus),
+        "serve replica": (cfg.serve.resources, cfg.serve.num_gpus, cfg.serve.num_cpus),
+        "expert trainer": (cfg.experts.resources_per_worker, 1, cfg.experts.cpus_per_worker),
+        "tune trial": (
+            cfg.hypernet.tune.resources_per_trial,
+            cfg.hypernet.tune.gpus_per_trial,
+            cfg.hypernet.tune.cpus_per_trial,
+        ),
+        "sandbox pool": (cfg.eval.executor_resources, 0, cfg.eval.executor_cpus),
+    }
+    placed = {}
+    for role, (resources, gpus, cpus) in roles.items():
+        assert len(resources) == 1, f"{role}: asks for no node type ({resources})"
+        ((name, amount),) = resources.items()
+        hosts = [t for t, spec in types.items() if spec["resources"].get(name, 0) >= amount > 0]
+        assert len(hosts) == 1, f"{role}: {name} is advertised by {hosts}"
+        node = types[hosts[0]]["resources"]
+        assert node.get("GPU", 0) >= gpus and node["CPU"] >= cpus, (role, node)
+        placed[role] = hosts[0]
+    assert placed["expert trainer"] == placed["tune trial"] == "gpu_training"
+    assert placed["serve replica"] == placed["system-1 engine"] == "gpu_inference"
+    assert placed["sandbox pool"] == "head"

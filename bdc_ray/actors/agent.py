@@ -140,7 +140,11 @@ AgentLLMActor = ray.remote(AgentLLM)
 
 def agent_llm_options(model_cfg: ModelConfig) -> dict[str, Any]:
     """Ray actor options of one replica: resources, restarts and retries from its config."""
-    resources: dict[str, Any] = dict(num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus)
+    resources: dict[str, Any] = dict(
+        num_cpus=model_cfg.num_cpus,
+        num_gpus=model_cfg.num_gpus,
+        resources=dict(model_cfg.resources),
+    )
     if model_cfg.backend == "vllm" and model_cfg.num_gpus == 0:
         resources["num_gpus"] = 1  # vLLM cannot run without a GPU
     return dict(

@@ -2,7 +2,7 @@
 
 Trees are asyncio tasks in one actor; their model calls go to the replica group of each
 agent's model (:class:`bdc_ray.actors.replicas.ReplicaGroup`, round robin), where concurrent calls from different trees are
-batched into one generate call; their programs go to the ExecutorPool. Each finished problem
+batched into one generate call; their programs go to the sandbox pools (round robin). Each finished problem
 is written to the run directory at once (one parquet file per problem), so an interrupted run
 loses only the trees in flight. A tree that raises is recorded with its error.
 """
@@ -41,6 +41,20 @@ def trace_path(run_dir: str | Path, split: str, problem_id: str) -> Path:
     return Path(run_dir) / trace_name(split, problem_id)
 
 
+def trace_is_current(path: str | Path, fingerprint: str, filesystem: Any = None) -> bool:
+    """A trace exists at `path` (on `filesystem`, default local), made under the config with
+    this fingerprint, by a tree that did not raise."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs = filesystem or pafs.LocalFileSystem()
+    if fs.get_file_info(str(path)).type != pafs.FileType.File:
+        return False
+    cols = ["fingerprint", "error"]
+    row = pq.read_table(str(path), filesystem=fs, columns=cols).to_pylist()[0]
+    return row["fingerprint"] == fingerprint and not row["error"]
+
+
 @functools.lru_cache(maxsize=4)
 def _storage(spec: str):
     from bdc_ray.storage import RunStorage
@@ -50,8 +64,8 @@ def _storage(spec: str):
 
 def empty_progress() -> dict[str, int]:
     """The TreeManager's counters before any tree ran (also what a skipped explore reports)."""
-    keys = ("done", "failed", "rollouts", "llm_calls", "tokens", "executions", "pruned",
-            "refined", "in_flight")  # fmt: skip
+    keys = ("done", "failed", "skipped", "rollouts", "llm_calls", "tokens", "executions",
+            "pruned", "refined", "in_flight")  # fmt: skip
     return dict.fromkeys(keys, 0)
 
 
@@ -66,11 +80,11 @@ class _RayLLM:
 
 
 class _RayChecker:
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    def __init__(self, pools: ReplicaGroup) -> None:
+        self.pools = pools
 
     async def check(self, program: str, problem: Problem, tests: Any) -> Any:
-        return await self.pool.check.remote(program, problem, tests)
+        return await self.pools.call("check", program, problem, tests)
 
 
 class TreeManager:
@@ -78,7 +92,7 @@ class TreeManager:
         self,
         agents: list[AgentConfig],
         agent_models: dict[str, ReplicaGroup],
-        executor: Any,
+        executors: ReplicaGroup,
         search: SearchConfig,
         seed: int = 0,
         fingerprint: str = "",
@@ -87,7 +101,7 @@ class TreeManager:
         self.agents = [AgentConfig.model_validate(a) for a in agents]  # checked on arrival
         self.search = SearchConfig.model_validate(search)
         self.llm = _RayLLM(agent_models)
-        self.checker = _RayChecker(executor)
+        self.checker = _RayChecker(executors)
         self.seed = seed
         self.progress = empty_progress()
         self._metrics = self._make_metrics()
@@ -123,6 +137,9 @@ class TreeManager:
 
         async def one(p: Problem) -> str:
             async with gate:
+                if await asyncio.to_thread(self._explored, run_dir, split, p.id):
+                    self.progress["skipped"] += 1
+                    return p.id
                 self.progress["in_flight"] += 1
                 try:
                     row = await self._search(p, split)
@@ -133,6 +150,14 @@ class TreeManager:
                 return p.id
 
         return list(await asyncio.gather(*(one(p) for p in problems)))
+
+    def _explored(self, run_dir: str, split: str, problem_id: str) -> bool:
+        """This problem's trace under this config is in run storage already: from an earlier
+        run, or from this very call before the node under this actor died (Ray restarts the
+        actor elsewhere and retries the call, which then searches only what is missing)."""
+        st = _storage(run_dir)
+        path = st.store_path(trace_name(split, problem_id))
+        return trace_is_current(path, self.fingerprint, st.fs)
 
     async def _search(self, problem: Problem, split: str) -> dict[str, Any]:
         start = time.perf_counter()
@@ -225,4 +250,6 @@ class TreeManager:
         )
 
 
-TreeManagerActor = ray.remote(TreeManager)
+# restarted where its node died, and the calls in flight retried there: they skip every problem
+# whose trace was written (see `_explored`), so no tree is searched twice
+TreeManagerActor = ray.remote(max_restarts=3, max_task_retries=3)(TreeManager)

@@ -96,7 +96,7 @@ def make_backend(model_cfg: Any) -> Backend:
 
 
 def _make_backend(model_cfg: Any) -> Backend:
-    from .models import resolve_model
+    from .models import resolve_adapter, resolve_model
 
     if model_cfg.backend == "transformers":
         from .transformers_backend import TransformersBackend
@@ -106,7 +106,7 @@ def _make_backend(model_cfg: Any) -> Backend:
             dtype=model_cfg.dtype,
             max_batch_size=model_cfg.max_batch_size,
             num_threads=model_cfg.num_threads,
-            adapter=model_cfg.adapter,
+            adapter=resolve_adapter(model_cfg.adapter),
             **model_cfg.options,
         )
     if model_cfg.backend == "vllm":
@@ -115,7 +115,7 @@ def _make_backend(model_cfg: Any) -> Backend:
         return VLLMBackend(
             resolve_model(model_cfg.path),
             dtype=model_cfg.dtype,
-            adapter=model_cfg.adapter,
+            adapter=resolve_adapter(model_cfg.adapter),
             **model_cfg.options,
         )
     if model_cfg.backend == "openai":

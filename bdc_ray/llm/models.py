@@ -225,3 +225,18 @@ def resolve_model(spec: str) -> Path:
             f"embedded models: {EMBEDDED}, {TINY}"
         )
     return _from_hub(spec)
+
+
+def resolve_adapter(spec: str | os.PathLike | None) -> Path | None:
+    """A local folder of a peft adapter: `spec` itself, or, for a URI of a folder in run
+    storage (an expert of a run in a bucket), that folder fetched into this node's cache, so
+    a replica on any node loads it from its own disk."""
+    if spec is None:
+        return None
+    from ..storage import RunStorage, is_uri
+
+    if not is_uri(str(spec)):
+        return Path(spec)
+    st = RunStorage(str(spec))
+    st.pull()
+    return st.local

@@ -57,6 +57,7 @@ def embed_with_ray_data(texts: list[str], cfg: Config) -> np.ndarray:
         num_cpus=c.embed_cpus,
         num_gpus=c.embed_gpus,
         batch_format="numpy",
+        **({"resources": dict(c.embed_resources)} if c.embed_resources else {}),
     )
     out = np.zeros((len(texts), 0), dtype=np.float32)
     rows = ds.select_columns(["row", "embedding"]).take_all()

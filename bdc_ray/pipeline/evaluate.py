@@ -120,7 +120,10 @@ def evaluate_customized(cfg: Config, run: RunDir, fingerprint: str = "",
     start = time.perf_counter()
     sampling = Sampling(max_tokens=cfg.eval.max_tokens, temperature=0.0, seed=cfg.seed)
     task = ray.remote(customized_generate).options(
-        num_cpus=model_cfg.num_cpus, num_gpus=model_cfg.num_gpus, max_retries=1
+        num_cpus=model_cfg.num_cpus,
+        num_gpus=model_cfg.num_gpus,
+        resources=dict(model_cfg.resources),
+        max_retries=1,
     )
     prompts = [direct_messages(p) for p in test]
     completions = ray.get(task.remote(run.storage.spec, prompts, sampling, model_cfg))
@@ -197,7 +200,8 @@ def _plan(cfg: Config, run: RunDir, method: str, base: ModelConfig,
         return fp, partial(evaluate_direct, cfg, run, method, base, fp, {}, two_stage=two)
     if method in adapters:
         adapter = adapters[method]
-        model_cfg = base.model_copy(update={"adapter": str(adapter.resolve())})
+        # where the replicas find it on their own nodes: the store's URI, or the folder
+        model_cfg = base.model_copy(update={"adapter": run.where(f"experts/{adapter.name}")})
         fp = eval_fingerprint(cfg, adapter)
         return fp, partial(evaluate_direct, cfg, run, method, model_cfg, fp, _adapter_meta(adapter))
     raise StageInputError(

@@ -77,7 +77,11 @@ def make_trainer(cfg: Config, spec, storage: Path | tuple, run_name: str):
         scaling_config=ray.train.ScalingConfig(
             num_workers=e.num_workers,
             use_gpu=e.use_gpu,
-            resources_per_worker={"CPU": e.cpus_per_worker, **({"GPU": 1} if e.use_gpu else {})},
+            resources_per_worker={
+                "CPU": e.cpus_per_worker,
+                **({"GPU": 1} if e.use_gpu else {}),
+                **e.resources_per_worker,
+            },
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

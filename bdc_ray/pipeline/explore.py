@@ -25,6 +25,7 @@ from .stages import stage
 log = logging.getLogger(__name__)
 
 SFT_KINDS = ("p2t", "t2c", "p2c")
+TREE_MANAGER = "bdc:tree_manager"  # its actor's name (the dashboard shows it so)
 
 
 def read_traces(run: RunDir, split: str) -> list[dict]:
@@ -37,16 +38,11 @@ def read_traces(run: RunDir, split: str) -> list[dict]:
 
 
 def explored(run: RunDir, split: str, pid: str, fingerprint: str) -> bool:
-    """A trace of this problem exists, made under this config, by a tree that did not raise."""
-    import pyarrow.parquet as pq
+    """A trace of this problem exists in the run's copy here, made under this config, by a
+    tree that did not raise."""
+    from ..actors.tree_manager import trace_is_current, trace_path
 
-    from ..actors.tree_manager import trace_path
-
-    path = trace_path(run.root, split, pid)
-    if not path.exists():
-        return False
-    row = pq.read_table(path, columns=["fingerprint", "error"]).to_pylist()[0]
-    return row["fingerprint"] == fingerprint and not row["error"]
+    return trace_is_current(trace_path(run.root, split, pid), fingerprint)
 
 
 def _up_to_date(run: RunDir, ids: dict[str, list[str]], fingerprint: str) -> dict | None:
@@ -75,7 +71,12 @@ def _search_actors(cfg: Config, fingerprint: str) -> Iterator[tuple[Any, Any]]:
             for m in sorted({a.model for a in cfg.agents})
         }
         pool = stack.enter_context(executor_pool(cfg.eval))
-        tm = TreeManagerActor.options(num_cpus=0, max_concurrency=16).remote(
+        tm = TreeManagerActor.options(
+            name=TREE_MANAGER,
+            num_cpus=0,
+            resources=dict(cfg.search.manager_resources),
+            max_concurrency=16,
+        ).remote(
             cfg.agents,
             {a.name: groups[a.model] for a in cfg.agents},
             pool,
@@ -111,12 +112,12 @@ def _follow(tm: Any, refs: list, total: int) -> None:
     interactive = sys.stderr.isatty()
     with tqdm(total=total, desc="explore", unit="problem",
               mininterval=1 if interactive else 30) as bar:  # fmt: skip
-        base = ray.get(tm.get_progress.remote())
         pending = list(refs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            # a TreeManager restarted after its node died counts afresh (and skips what is done)
             prog = ray.get(tm.get_progress.remote())
-            bar.update(prog["done"] + prog["failed"] - base["done"] - base["failed"] - bar.n)
+            bar.update(max(0, prog["done"] + prog["failed"] + prog["skipped"] - bar.n))
             bar.set_postfix(rollouts=prog["rollouts"], llm=prog["llm_calls"],
                             execs=prog["executions"], refresh=False)  # fmt: skip
     ray.get(refs)

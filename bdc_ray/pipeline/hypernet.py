@@ -101,6 +101,7 @@ def make_tuner(cfg: Config, data: TrialData, fp: str, storage: tuple):
     storage (`storage`: `RunStorage.ray_storage`'s path and filesystem)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ..customize.tune import trial
 
@@ -108,7 +109,7 @@ def make_tuner(cfg: Config, data: TrialData, fp: str, storage: tuple):
     return tune.Tuner(
         tune.with_resources(
             tune.with_parameters(trial, data=data),
-            {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+            {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial, **t.resources_per_trial},
         ),
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
@@ -117,6 +118,8 @@ def make_tuner(cfg: Config, data: TrialData, fp: str, storage: tuple):
             scheduler=ASHAScheduler(
                 max_t=cfg.hypernet.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"
             ),
+            # the sampled settings follow the run's seed: a rerun (on any cluster) tries the same
+            search_alg=BasicVariantGenerator(random_state=cfg.seed),
             num_samples=t.num_samples if t.enabled else 1,
             max_concurrent_trials=t.max_concurrent,
         ),

@@ -33,7 +33,10 @@ class ServedSolver:
         replicas are up."""
         from ray import serve
 
-        serve.start(http_options={"host": self.cfg.host, "port": self.cfg.port})
+        serve.start(
+            proxy_location=self.cfg.proxy_location,
+            http_options={"host": self.cfg.host, "port": self.cfg.port},
+        )
         self.handle = serve.run(self.application, name=APP_NAME, route_prefix="/")
         log.info("serving %s at %s (key: %s)", self.cfg.model_name, self.url,
                  "yes" if self.key else "none")  # fmt: skip

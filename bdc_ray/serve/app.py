@@ -555,7 +555,11 @@ def build_app(
         )
     options: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": cfg.num_cpus,
+            "num_gpus": cfg.num_gpus,
+            **({"resources": dict(cfg.resources)} if cfg.resources else {}),
+        },
         "health_check_period_s": cfg.health_check_period_s,
     }
     if cfg.num_threads:

@@ -1,6 +1,7 @@
 import os
 import time
 
+import pytest
 import ray
 
 from bdc_ray.actors.executor import create_executor_pool
@@ -35,3 +36,23 @@ def test_executor_pool_runs_checks_concurrently_and_survives_hostile_programs(ra
     while os.path.exists(template) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(template)
+
+
+def test_executor_pools_share_the_checks_and_report_their_isolation(ray_session, caplog):
+    from bdc_ray.actors.executor import executor_pool
+    from bdc_ray.config import EvalConfig
+
+    cfg = EvalConfig(workers=1, executor_cpus=0, executor_pools=2, timeout_s=2.0)
+    problems = load_humaneval()[:4]
+    with caplog.at_level("INFO", logger="bdc_ray.actors.executor"):
+        with executor_pool(cfg, name="test-pools") as pools:
+            refs = [pools.call("check", p.prompt + p.canonical_solution, p) for p in problems]
+            assert all(r.passed for r in ray.get(refs))
+            done = [s["done"] for s in ray.get([h.stats.remote() for h in pools.handles])]
+            handles = list(pools.handles)
+    assert done == [2, 2]  # round robin over both pools
+    reports = [r.getMessage() for r in caplog.records if "sandbox pool" in r.getMessage()]
+    assert len(reports) == 2 and all("isolation layers missing" in m for m in reports)
+    assert {m.split()[2] for m in reports} == {"test-pools:0", "test-pools:1"}
+    with pytest.raises(ray.exceptions.RayActorError):  # stopped with the block
+        ray.get(handles[0].stats.remote(), timeout=30)

@@ -126,6 +126,37 @@ def test_killing_an_agent_actor_mid_run_still_completes_every_problem_once(ray_s
     assert all(r["error"] == "" for r in rows.values())
 
 
+def test_a_tree_manager_killed_mid_run_is_restarted_and_searches_only_what_is_missing(
+    ray_session, tmp_path
+):
+    """As when its node dies: Ray restarts the TreeManager and retries its calls, which skip
+    every problem whose trace was written before."""
+    from bdc_ray.pipeline.explore import TREE_MANAGER
+
+    run, before = tmp_path / "run", {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not before:
+            written = sorted((run / "traces").glob("*.parquet")) if run.exists() else []
+            if written:
+                before.update({p.name: p.stat().st_mtime_ns for p in written})
+                ray.kill(ray.get_actor(TREE_MANAGER), no_restart=False)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    summary = pipeline.explore(["--run-dir", str(run), *TINY, "--set", "search.concurrent_trees=1"])
+    t.join()
+    assert 0 < len(before) < 5
+    rows = traces(run)
+    assert len(rows) == 5 and all(r["error"] == "" for r in rows.values())
+    # the traces written before the kill were not searched or written again
+    assert {n: (run / "traces" / n).stat().st_mtime_ns for n in before} == before
+    progress = summary["progress"]  # the restarted actor's: it skipped what was there
+    assert progress["skipped"] >= len(before) and progress["done"] + progress["skipped"] == 5
+
+
 def test_solved_train_problems_give_sft_examples_in_the_shared_chat_format(ray_session, tmp_path):
     """Agents served by a real OpenAI-compatible server that writes the canonical solution:
     every train problem is solved, passes its hidden tests, and yields p2t, t2c and p2c."""

@@ -12,6 +12,30 @@ from bdc_ray.rundir import RunDir
 
 LOCAL = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 
+# every stage of configs/local.yaml at the smallest size that still exercises it, with the
+# tiny random model
+TINY = [
+    "--set", "models.smollm2.path=tiny-random-llama",
+    "--set", "data.max_train=12",
+    "--set", "data.max_test=3",
+    "--set", "search.train_limit=2",
+    "--set", "search.test_limit=2",
+    "--set", "search.rollouts=1",
+    "--set", "agents.0.max_tokens=16",
+    "--set", "agents.1.max_tokens=16",
+    "--set", "eval.max_tokens=8",
+    "--set", "eval.thought_tokens=8",
+    "--set", "eval.timeout_s=1.0",
+    # the tiny model verifies nothing: train on the train split's reference solutions
+    "--set", "cluster.reference_solutions=true",
+    "--set", "cluster.k=2",
+    "--set", "experts.max_seq_len=384",
+    "--set", "experts.batch_size=4",
+    "--set", "hypernet.epochs=1",
+    "--set", "hypernet.max_seq_len=384",
+    "--set", "hypernet.tune.num_samples=2",
+]  # fmt: skip
+
 
 def parse(argv: list[str]) -> tuple[Config, RunDir, list[str] | None]:
     ap = argparse.ArgumentParser()

@@ -10,35 +10,12 @@ import pyarrow.parquet as pq
 from bdc_ray.pipeline import STAGE_NAMES
 from bdc_ray.rundir import read_jsonl
 from tests.helpers import pipeline
-
-ARGS = [
-    "--set", "models.smollm2.path=tiny-random-llama",
-    "--set", "data.max_train=12",
-    "--set", "data.max_test=3",
-    "--set", "search.train_limit=2",
-    "--set", "search.test_limit=2",
-    "--set", "search.rollouts=1",
-    "--set", "agents.0.max_tokens=16",
-    "--set", "agents.1.max_tokens=16",
-    "--set", "eval.max_tokens=8",
-    "--set", "eval.thought_tokens=8",
-    "--set", "eval.timeout_s=1.0",
-    # the tiny model verifies nothing: train on the train split's reference solutions
-    "--set", "cluster.reference_solutions=true",
-    "--set", "cluster.k=2",
-    "--set", "experts.max_seq_len=384",
-    "--set", "experts.batch_size=4",
-    "--set", "hypernet.epochs=1",
-    "--set", "hypernet.max_seq_len=384",
-    "--set", "hypernet.tune.num_samples=2",
-]  # fmt: skip
+from tests.helpers.pipeline import TINY
 
 
-def test_every_stage_then_a_rerun_that_skips_them_all(ray_session, tmp_path, capsys):
-    run = tmp_path / "run"
-    args = ["--run-dir", str(run), *ARGS]
-    results = pipeline.full(args)
-    printed = capsys.readouterr().out
+def test_every_stage_then_a_rerun_that_skips_them_all(single_node_run):
+    run, results, printed = single_node_run.run, single_node_run.results, single_node_run.printed
+    args = ["--run-dir", str(run), *TINY]
 
     # zero-shot and search
     assert {"base_zero_shot", "base_two_stage", "mcts"} <= set(results["methods"])

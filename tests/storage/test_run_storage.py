@@ -288,3 +288,25 @@ def test_an_evaluation_task_or_replica_fetches_only_the_solver_from_run_storage(
         "hypernet/hypernet.json", "hypernet/hypernet.pt",
     ]  # fmt: skip
     assert solver_folder(str(tmp_path)) == tmp_path  # a folder is used as it is
+
+
+def test_a_replica_fetches_an_adapter_given_as_a_store_uri_on_its_node(s3, tmp_path, monkeypatch):
+    """Per-adapter evaluation hands replicas the adapter's URI, not the driver's folder: the
+    backend's resolve_adapter fetches exactly that folder into its own node's cache."""
+    from bdc_ray.llm.models import resolve_adapter
+
+    made = tmp_path / "made" / "cluster_0"
+    made.mkdir(parents=True)
+    (made / "adapter_config.json").write_text('{"r": 8}')
+    (made / "adapter_model.safetensors").write_bytes(b"\x01" * 4096)
+    RunStorage("s3://bdc/adapters").put_dir("experts/cluster_0", made)
+    RunStorage("s3://bdc/adapters").write_bytes("experts/cluster_1/adapter_config.json", b"{}")
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "replica-node"))
+    got = resolve_adapter("s3://bdc/adapters/experts/cluster_0")
+    assert got.is_relative_to(tmp_path / "replica-node")
+    assert sorted(p.name for p in got.iterdir() if not p.name.startswith(".")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert (got / "adapter_model.safetensors").read_bytes() == b"\x01" * 4096
+    assert resolve_adapter(str(made)) == made  # a folder is used as it is
