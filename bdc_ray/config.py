@@ -200,10 +200,11 @@ class ModelConfig(_Strict):
         3, ge=-1, description="times Ray restarts a replica actor that died (-1: without limit)"
     )
     max_task_retries: int = Field(
-        3,
+        -1,
         ge=-1,
-        description="times Ray retries a call that was in flight when its actor died (-1: without "
-        "limit)",
+        description="times Ray retries a call that was in flight when its actor died or could "
+        "not be reached (-1: as long as the actor can be restarted: while a dead node is being "
+        "detected, each attempt to reach it spends one)",
     )
     adapter: str | None = Field(
         None,

@@ -87,7 +87,9 @@ def _pool_options(cpus: float, resources: dict[str, float], max_pending: int,
         resources=dict(resources),
         max_concurrency=max_pending,
         max_restarts=max_restarts,
-        max_task_retries=max_restarts,
+        # a check is safe to repeat; while a dead node is being detected every attempt to
+        # reach it spends a retry, so a bounded number can run out before the restart
+        max_task_retries=-1,
         **({"scheduling_strategy": "SPREAD"} if spread else {}),
     )
 

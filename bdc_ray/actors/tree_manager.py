@@ -250,6 +250,7 @@ class TreeManager:
         )
 
 
-# restarted where its node died, and the calls in flight retried there: they skip every problem
-# whose trace was written (see `_explored`), so no tree is searched twice
-TreeManagerActor = ray.remote(max_restarts=3, max_task_retries=3)(TreeManager)
+# restarted where its node died, and the calls in flight retried there (without a limit: each
+# attempt to reach a node not yet known dead spends one): they skip every problem whose trace
+# was written (see `_explored`), so no tree is searched twice
+TreeManagerActor = ray.remote(max_restarts=3, max_task_retries=-1)(TreeManager)

@@ -44,6 +44,17 @@ def cache_dir() -> Path:
     return path
 
 
+def models_dir() -> Path:
+    """Where embedded models are converted (and found): ``$BDC_RAY_MODELS``, a folder nodes
+    may share (a volume, or baked into a node image) so that each does not convert them again,
+    or ``<cache>/models``. Building there is safe when processes or nodes race (a file lock
+    and an atomic rename)."""
+    shared = os.environ.get("BDC_RAY_MODELS")
+    path = Path(shared) if shared else cache_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,12 +153,12 @@ def _build_tiny(out: Path, seed: int = 0) -> None:
 
 
 def ensure_embedded() -> Path:
-    return _build_once(cache_dir() / "models" / EMBEDDED, _convert_smollm2)
+    return _build_once(models_dir() / EMBEDDED, _convert_smollm2)
 
 
 def ensure_tiny(seed: int = 0) -> Path:
     name = TINY if seed == 0 else f"{TINY}-seed{seed}"
-    return _build_once(cache_dir() / "models" / name, lambda out: _build_tiny(out, seed))
+    return _build_once(models_dir() / name, lambda out: _build_tiny(out, seed))
 
 
 def _from_hub(spec: str) -> Path:
@@ -176,7 +187,7 @@ def check_model(spec: str) -> None:
     would end as a replica's ActorDiedError minutes later. A hub id passes when its files are
     in the local cache or, online, when the hub knows it."""
     if spec in (EMBEDDED, TINY):
-        built = {n for n in (EMBEDDED, TINY) if (cache_dir() / "models" / n / _COMPLETE).exists()}
+        built = {n for n in (EMBEDDED, TINY) if (models_dir() / n / _COMPLETE).exists()}
         if spec not in built and EMBEDDED not in built:
             gguf_path()  # both are built from the embedded GGUF
         return

@@ -118,10 +118,12 @@ def make_tuner(cfg: Config, data: TrialData, fp: str, storage: tuple):
             scheduler=ASHAScheduler(
                 max_t=cfg.hypernet.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"
             ),
-            # the sampled settings follow the run's seed: a rerun (on any cluster) tries the same
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
+            # the sampled settings follow the run's seed: a rerun (on any cluster) tries the same;
+            # the generator itself caps trials at once (Tune ignores max_concurrent_trials then)
+            search_alg=BasicVariantGenerator(
+                random_state=cfg.seed, max_concurrent=t.max_concurrent
+            ),
             num_samples=t.num_samples if t.enabled else 1,
-            max_concurrent_trials=t.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=f"hypernet-{fp}",
