@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 
 _MANIFEST = ".bdc-sync.json"
 _BUCKETS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")  # the path's first part is a bucket
+_OBJECT_STORES = ("s3", "gcs", "abfs")  # pyarrow's type names of stores without real folders
 _CHUNK = 8 << 20
 # more than an object store's whole-second modification times and the clock skew between a
 # node and the store
@@ -162,7 +163,15 @@ class RunStorage:
                 out.write(b"ok")
             self.fs.delete_file(probe)
         except (OSError, ValueError) as e:
-            raise StorageError(f"run storage {self.uri} cannot be written: {e}") from None
+            text = str(e)
+            hint = ""
+            if any(w in text for w in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
+                                       "SignatureDoesNotMatch", "credentials")):  # fmt: skip
+                hint = (" (the credentials were refused or missing: AWS_ACCESS_KEY_ID/"
+                        "AWS_PROFILE, the node's instance profile, or the URI's query)")  # fmt: skip
+            elif any(w in text for w in ("NETWORK_CONNECTION", "connect", "resolve host")):
+                hint = " (the endpoint cannot be reached: AWS_ENDPOINT_URL or the URI's query)"
+            raise StorageError(f"run storage {self.uri} cannot be written: {text}{hint}") from None
 
     def _remote_files(self, prefix: str = "") -> dict[str, pafs.FileInfo]:
         if prefix:
@@ -254,17 +263,21 @@ class RunStorage:
         final = self.store_path(rel)
         parent, name = final.rsplit("/", 1)
         tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.part"
-        self.fs.create_dir(parent, recursive=True)
+        if self.fs.type_name not in _OBJECT_STORES:  # an object store has no folders to make
+            self.fs.create_dir(parent, recursive=True)
+        moved = False
         try:
             with self.fs.open_output_stream(tmp) as out:
                 for chunk in chunks if chunks is not None else _chunks(self.local / rel):
                     out.write(chunk)
             self.fs.move(tmp, final)
+            moved = True
         finally:
-            try:
-                self.fs.delete_file(tmp)
-            except (FileNotFoundError, OSError):
-                pass  # moved: the usual case
+            if not moved:
+                try:
+                    self.fs.delete_file(tmp)
+                except (FileNotFoundError, OSError):
+                    pass  # never written
 
     def pull(self, prefix: str = "") -> int:
         """Fetch what changed in the store since this copy last saw it (only `prefix`, if

@@ -18,8 +18,7 @@ class TrialData:
     features: Any  # numpy (n, d): the hypernetwork's input of each example's prompt
     groups: list[str]  # problem of each example: the validation split keeps problems apart
     experts: dict[str, str]  # cluster expert name -> adapter folder
-    base_model: str  # resolved folder of the base model
-    base_model_spec: str  # what the config named (recorded with the hypernetwork)
+    base_model_spec: str  # what the config named: each trial resolves it on its own node
     encoder: str
     settings: HypernetConfig
     seed: int = 0
@@ -27,18 +26,20 @@ class TrialData:
 
     def on_this_node(self) -> tuple[str, dict[str, str]]:
         """The base model's and the experts' folders on the node this trial runs on: the model
-        resolved in this node's cache, the adapters fetched from run storage into it."""
+        resolved in this node's cache (also for a run on a shared folder: models are not in
+        it), the adapters fetched from run storage into it."""
         from ..llm.models import resolve_model
 
+        base = str(resolve_model(self.base_model_spec))
         if not self.storage:
-            return self.base_model, self.experts
+            return base, self.experts
         from ..storage import RunStorage
 
         st = RunStorage(self.storage)
         for name in self.experts:
             st.pull(f"experts/{name}")
         experts = {name: str(st.local / "experts" / name) for name in self.experts}
-        return str(resolve_model(self.base_model_spec)), experts
+        return base, experts
 
     def trial_settings(self, config: dict[str, Any]) -> HypernetConfig:
         """This trial's settings: the searched values over the configured ones, validated

@@ -16,6 +16,7 @@ import ast
 import math
 import re
 import textwrap
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -136,11 +137,22 @@ def _contains_assert(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Assert) for n in ast.walk(node))
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_python(code: str) -> ast.Module:
+    """`ast.parse`, one thread at a time: CPython 3.11 keeps the AST builder's recursion depth
+    per interpreter, not per thread, so two threads parsing at once (methods evaluated side by
+    side) can fail with "SystemError: AST constructor recursion depth mismatch" (gh-106905)."""
+    with _PARSE_LOCK:
+        return ast.parse(code)
+
+
 def split_check_tests(test_code: str, where: str = "test") -> tuple[str, list[TestCase]]:
     """Split a HumanEval test module into its preamble and one TestCase per assert statement
     of ``check``. Raises ValueError naming the problem when there is no usable check()."""
     try:
-        module = ast.parse(test_code)
+        module = parse_python(test_code)
     except SyntaxError as e:
         raise ValueError(f"{where}: test code does not parse: {e.msg} (line {e.lineno})") from e
     lines = test_code.splitlines()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 
-from ..data.problems import Problem
+from ..data.problems import Problem, parse_python
 from .base import Message
 
 SYSTEM = "You are an expert Python programmer. Answer with code in one ```python block."
@@ -44,7 +44,7 @@ def salvage(code: str) -> str:
     lines = code.splitlines()
     while True:
         try:
-            ast.parse("\n".join(lines))
+            parse_python("\n".join(lines))
             return "\n".join(lines)
         except SyntaxError:
             starts = [
@@ -59,7 +59,7 @@ def salvage(code: str) -> str:
 
 def _defines(code: str, name: str) -> bool:
     try:
-        tree = ast.parse(code)
+        tree = parse_python(code)
     except SyntaxError:
         return f"def {name}(" in code
     return any(isinstance(n, ast.FunctionDef) and n.name == name for n in ast.walk(tree))

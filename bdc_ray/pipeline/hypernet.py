@@ -50,7 +50,6 @@ def prepare(cfg: Config, run: RunDir, experts: dict[str, Path]) -> TrialData:
     from ..customize.hypernet import features
     from ..disentangle.embed import embed_texts, load_encoder
     from ..disentangle.examples import prompt_text
-    from ..llm.models import resolve_model
 
     examples = read_jsonl(run.root / "clusters" / "examples.jsonl")
     centroids = np.load(run.root / "clusters" / "centroids.npy")
@@ -66,7 +65,6 @@ def prepare(cfg: Config, run: RunDir, experts: dict[str, Path]) -> TrialData:
         features=features(emb, centroids).numpy(),
         groups=[e.get("problem_id") or e["id"] for e in examples],
         experts={k: str(v.resolve()) for k, v in experts.items()},
-        base_model=str(resolve_model(spec)),
         base_model_spec=spec,
         encoder=cfg.cluster.encoder,
         settings=cfg.hypernet,

@@ -20,13 +20,21 @@ def _free_port() -> int:
 
 
 @contextmanager
-def s3_server(buckets: tuple[str, ...] = ("bdc",)) -> Iterator[dict[str, str]]:
-    """Yields the environment a client needs (also set in os.environ while it runs)."""
+def s3_server(
+    buckets: tuple[str, ...] = ("bdc",), check_keys: bool = False
+) -> Iterator[dict[str, str]]:
+    """Yields the environment a client needs (also set in os.environ while it runs).
+    `check_keys`: once the buckets exist the server checks credentials as AWS does, and knows
+    none, so every key is refused (a store reached with wrong or missing credentials)."""
     port = _free_port()
+    server_env = dict(os.environ)
+    if check_keys:  # moto's switch: requests after the first N are authenticated
+        server_env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(len(buckets))
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=server_env,
     )
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
@@ -40,8 +48,8 @@ def s3_server(buckets: tuple[str, ...] = ("bdc",)) -> Iterator[dict[str, str]]:
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:
-                urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=1)
+            try:  # a connection, not a request: requests count against check_keys' allowance
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,8 +1,8 @@
 """jobs/full.py on a three-node cluster (tests/helpers' single-machine one: a head and two
 worker nodes with filesystems of their own), every role asked onto the worker nodes by config,
-the run directory in the S3 test server: every stage completes, every role ran on a worker,
-everything lands in the bucket, and each greedy method answers exactly as the same config
-does on one node."""
+the run directory in the S3 test server or in a folder every node mounts (the NFS/EFS case):
+every stage completes, every role ran on a worker, the whole run is in the store, and each
+greedy method answers exactly as the same config does on one node."""
 
 from __future__ import annotations
 
@@ -51,17 +51,23 @@ def _samples(run: Path) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.parametrize("storage", ["s3", pytest.param("shared_folder", marks=pytest.mark.long)])
 def test_full_job_on_three_nodes_with_every_role_on_workers_matches_one_node(
-    single_node_run, s3, tmp_path
+    storage, single_node_run, s3, tmp_path
 ):
     from bdc_ray.disentangle.train import prepare_torch_extensions
     from bdc_ray.storage import RunStorage
 
-    uri = f"s3://bdc/cluster/{tmp_path.name}"
+    # under /tmp, which each worker node has of its own, but bound into every node
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    uri = f"s3://bdc/cluster/{tmp_path.name}" if storage == "s3" else str(shared / "run")
     # DeepSpeed's JIT-built op from the single-node run, as a node image would have it built
     # (else each worker compiles it for a minute or two on these 2 cores)
     env = {**s3, "TORCH_EXTENSIONS_DIR": str(prepare_torch_extensions())}
-    with LocalCluster(workers=2, cpus_per_worker=2, head_cpus=1, env=env, dashboard=True) as c:
+    cluster = LocalCluster(workers=2, cpus_per_worker=2, head_cpus=1, env=env, dashboard=True,
+                           shared=shared)  # fmt: skip
+    with cluster as c:
         env = {**c.env, "RAY_ADDRESS": c.address, "BDC_RAY_CACHE": str(tmp_path / "driver")}
         job = subprocess.run(
             [sys.executable, "jobs/full.py", "--run-dir", uri, *TINY, *ON_WORKERS],
@@ -79,10 +85,11 @@ def test_full_job_on_three_nodes_with_every_role_on_workers_matches_one_node(
         assert "head" not in ran[role], f"{what} ran on the head"
     assert len(ran["ExecutorPool"]) == 2  # the pools spread over both workers
 
-    # everything is in the bucket: read it back through a fresh cache
+    # everything is in the store: read it back (a bucket through a fresh cache)
     st = RunStorage(uri, cache=tmp_path / "reader")
     st.pull()
     run = st.local
+    assert storage == "s3" or run == shared / "run"
     results = json.loads((run / "eval" / "results.json").read_text())
     single = single_node_run.results["methods"]
     assert set(results["methods"]) == set(single)

@@ -110,6 +110,7 @@ def test_explore_survives_the_death_of_the_search_node_and_searches_nothing_twic
     assert survivors, "the search did not go on on another node"
 
 
+@pytest.mark.long  # the mechanism is tested on one node too (tests/disentangle)
 def test_expert_training_resumes_from_its_checkpoint_in_the_bucket_after_its_node_dies(
     s3, reference_rows, tmp_path, monkeypatch
 ):

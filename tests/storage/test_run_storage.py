@@ -6,6 +6,7 @@ is one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -135,8 +136,21 @@ def test_bad_run_uris_are_one_line_errors(s3):
         check_run_dir("s3://no-such-bucket/run")
     with pytest.raises(RunDirError, match="name a folder in the bucket"):
         RunDir("s3://bdc")
+    unreachable = "s3://bdc/run?endpoint_override=127.0.0.1:9&scheme=http"  # nothing listens
+    with pytest.raises(RunDirError, match=r"s3://bdc/run\?endpoint.*cannot be.*reached"):
+        check_run_dir(unreachable)
     assert check_run_dir("s3://bdc/fine") == "s3://bdc/fine"
     assert objects("s3://bdc/fine") == {}  # the write probe is gone
+
+
+def test_refused_credentials_fail_before_anything_runs_naming_the_store(tmp_path):
+    """A server that checks keys (and knows none): the run dir check names the URI, that the
+    credentials were refused, and where they come from."""
+    from tests.helpers.s3 import s3_server
+
+    with s3_server(buckets=("locked",), check_keys=True):
+        with pytest.raises(RunDirError, match=r"s3://locked/run cannot be written.*credentials"):
+            check_run_dir("s3://locked/run")
 
 
 def write_marker(cfg: Config, run: RunDir) -> dict:
@@ -247,8 +261,7 @@ def test_a_tune_trial_fetches_the_experts_from_run_storage_on_its_node(s3, tmp_p
     (driver.root / "eval" / "results.json").write_text("{}")
     driver.storage.push()
     data = TrialData(
-        examples=[], features=None, groups=[], base_model="/driver/only/model",
-        base_model_spec="tiny-random-llama", encoder="x", settings=HypernetConfig(),
+        examples=[], features=None, groups=[], base_model_spec="tiny-random-llama", encoder="x", settings=HypernetConfig(),
         experts={n: str(driver.root / "experts" / n) for n in ("cluster_0", "cluster_1")},
         storage=driver.storage.spec,
     )  # fmt: skip
@@ -260,6 +273,14 @@ def test_a_tune_trial_fetches_the_experts_from_run_storage_on_its_node(s3, tmp_p
         assert json.loads((Path(folder) / "adapter_config.json").read_text()) == {"n": name}
     trial_copy = RunDir("s3://bdc/trial").root
     assert not (trial_copy / "eval").exists()  # only the experts' folders were fetched
+    # a run on a shared folder: the experts are read there, the model is still this node's
+    shared = replace(data, storage="", experts={"cluster_0": "/shared/run/experts/cluster_0"})
+    monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "another-node"))
+    base, experts = shared.on_this_node()
+    assert (
+        base.startswith(str(tmp_path / "another-node")) and (Path(base) / "config.json").is_file()
+    )
+    assert experts == {"cluster_0": "/shared/run/experts/cluster_0"}
 
 
 def test_an_evaluation_task_or_replica_fetches_only_the_solver_from_run_storage(
