@@ -182,6 +182,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.long  # a replica replaced on one node is tested too (tests/serve)
 def test_serve_keeps_answering_when_the_node_of_one_of_two_replicas_dies(
     single_node_run, s3, tmp_path, monkeypatch
 ):
