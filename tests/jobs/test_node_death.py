@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_cluster import LocalCluster
+from scripts.local_cluster import LocalCluster, _free_port
 from tests.helpers.pipeline import TINY
 
 pytestmark = pytest.mark.cluster
@@ -172,14 +172,6 @@ def test_expert_training_resumes_from_its_checkpoint_in_the_bucket_after_its_nod
     assert log["resumed_from"] and log["resumed_from"][0] > 0, log["resumed_from"]
     assert len(log["history"]["loss"]) == 12  # the resumed run carries the earlier steps' log
     assert resumed_on, "training did not resume on the other node"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.long  # a replica replaced on one node is tested too (tests/serve)
