@@ -2,7 +2,8 @@
 
 Concurrent ``generate`` calls (from many trees, or many evaluation chunks) are gathered for a
 few milliseconds and run as one backend batch, so the model stays busy. Requests whose sampling
-settings differ are batched separately. The actor restarts on failure and Ray retries its
+settings differ are batched separately; seeds need not match, since every prompt keeps its own
+(``row_seeds`` of its request). The actor restarts on failure and Ray retries its
 in-flight calls (``max_restarts`` / ``max_task_retries`` from the model's config).
 """
 
@@ -18,7 +19,14 @@ from typing import Any
 import ray
 
 from bdc_ray.config import ModelConfig
-from bdc_ray.llm.base import Completion, Prompt, Sampling, make_backend, validate_prompts
+from bdc_ray.llm.base import (
+    Completion,
+    Prompt,
+    Sampling,
+    make_backend,
+    row_seeds,
+    validate_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +109,27 @@ class AgentLLM:
                     break
             while not self.queue.empty():  # whatever else already arrived joins too
                 pending.append(self.queue.get_nowait())
-            # callers' seeds differ (each tree seeds its own calls); a batch runs under the
-            # first request's seed, so only the other settings must match to share a batch
+            # callers' seeds differ (each tree seeds its own calls); each prompt keeps its
+            # request's row seed, so only the other settings must match to share a batch
             key = _batch_key(pending[0].sampling)
             group = [r for r in pending if _batch_key(r.sampling) == key]
             pending = [r for r in pending if _batch_key(r.sampling) != key]
-            await self._run(group)
+            try:
+                await self._run(group)
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one batch
+                log.exception("%s: batch bookkeeping failed", self.name)
+                for r in group:
+                    if not r.future.done():
+                        r.future.set_exception(e)
 
     async def _run(self, group: list[_Request]) -> None:
         prompts = [p for r in group for p in r.prompts]
+        # a request's rows get the seeds they would get alone, so batching changes no draw
+        seeds = [s for r in group for s in row_seeds(r.sampling, len(r.prompts))]
+        sampling = _batch_key(group[0].sampling)
         start = time.perf_counter()
         try:
-            outs = await asyncio.to_thread(self.backend.generate, prompts, group[0].sampling)
+            outs = await asyncio.to_thread(self.backend.generate, prompts, sampling, seeds)
         except Exception as e:  # noqa: BLE001 - handed to every caller of the batch
             for r in group:
                 if not r.future.done():
@@ -125,7 +142,7 @@ class AgentLLM:
         self.counters["prompt_tokens"] += sum(c.prompt_tokens for c in outs)
         generated = sum(c.completion_tokens for c in outs)
         self.counters["completion_tokens"] += generated
-        if self._metrics is not None:
+        if self._metrics is not None and generated > 0:  # Ray counters refuse 0
             self._metrics.inc(generated, tags={"model": self.cfg.path})
         i = 0
         for r in group:

@@ -45,7 +45,11 @@ class _GatedBackend(TransformersBackend):
         gates = self.row_gates[rows]
         with self.mix.gated(gates):
             return self._generate_batch(
-                batch, sampling, rows_context=lambda sub: self.mix.gated(gates[sub]), **extra
+                batch,
+                sampling,
+                rows_context=lambda sub: self.mix.gated(gates[sub]),
+                seeds=self.seeds_of(rows),
+                **extra,
             )
 
 
@@ -129,6 +133,7 @@ class CustomizedSolver:
         gates: torch.Tensor | None = None,
         row_max_tokens: list[int] | None = None,
         on_token: Callable[[int, int], None] | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[Completion]:
         """Completions in prompt order; each carries `meta["gates"]`: {expert: its share of
         the gate mass, averaged over modules} (K numbers summing to 1), and
@@ -138,7 +143,8 @@ class CustomizedSolver:
         Serving options: `gates` replaces the hypernetwork's (batch, n_modules, K*r) gates
         (e.g. one expert alone for some rows); `row_max_tokens` gives each prompt its own
         budget (`sampling.max_tokens` must be their maximum); `on_token(prompt_index,
-        token_id)` is called with every new token as it is generated."""
+        token_id)` is called with every new token as it is generated; `seeds` gives each row its
+        own sampling seed (the backend's `generate`)."""
         validate_prompts(prompts)
         if row_max_tokens is not None and len(row_max_tokens) != len(prompts):
             raise ValueError("row_max_tokens needs one budget per prompt")
@@ -148,7 +154,7 @@ class CustomizedSolver:
         self.backend.row_max_tokens = row_max_tokens
         self.backend.on_token = on_token
         try:
-            out = self.backend.generate(prompts, sampling)
+            out = self.backend.generate(prompts, sampling, seeds)
         finally:
             self.backend.row_gates = None
             self.backend.row_max_tokens = None

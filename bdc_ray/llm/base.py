@@ -2,12 +2,17 @@
 
 ``backend.generate(prompts, sampling) -> list[Completion]``, one completion per prompt, in
 order. A prompt is either plain text (completed as is) or a chat, a list of
-``{"role", "content"}`` messages, rendered with the model's chat template. Callers that want
-several samples of one prompt repeat it; with a seed the whole batch is reproducible.
+``{"role", "content"}`` messages, rendered with the model's chat template.
+
+Every prompt of a sampled batch is its own draw: row i runs under its own seed, given in
+``seeds`` or derived from ``sampling.seed`` and i (:func:`row_seeds`). So several samples of one
+prompt (repeat it) differ, a rerun reproduces them, and requests under different seeds still
+share one batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -53,7 +58,33 @@ class Completion:
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]: ...
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, seeds: list[int | None] | None = None
+    ) -> list[Completion]: ...
+
+
+# 31 bits: every server and library takes it (OpenAI-compatible servers, vLLM, torch)
+SEED_BITS = 31
+
+
+def derive_seed(*parts: object) -> int:
+    """A seed from a tuple of plain values, the same in every process (unlike hash())."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (1 << SEED_BITS)
+
+
+def row_seeds(
+    sampling: Sampling, n: int, seeds: list[int | None] | None = None
+) -> list[int | None]:
+    """The seed of each of `n` prompts: `seeds` when given, else row i of a seeded call gets
+    `derive_seed(sampling.seed, i)`; None means a fresh, unreproducible draw."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"seeds: {len(seeds)} given for {n} prompts")
+        return list(seeds)
+    if sampling.seed is None:
+        return [None] * n
+    return [derive_seed(sampling.seed, i) for i in range(n)]
 
 
 def validate_prompts(prompts: list[Prompt]) -> None:

@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import Completion, Prompt, Sampling, truncate_at_stop, validate_prompts
+from .base import Completion, Prompt, Sampling, row_seeds, truncate_at_stop, validate_prompts
 
 
 class OpenAIBackend:
@@ -39,7 +39,7 @@ class OpenAIBackend:
         )
         self.concurrency = concurrency
 
-    def _one(self, prompt: Prompt, sampling: Sampling) -> Completion:
+    def _one(self, prompt: Prompt, sampling: Sampling, seed: int | None) -> Completion:
         common: dict[str, Any] = dict(
             model=self.model,
             max_tokens=sampling.max_tokens,
@@ -48,8 +48,8 @@ class OpenAIBackend:
         )
         if sampling.stop:
             common["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            common["seed"] = sampling.seed
+        if seed is not None:
+            common["seed"] = seed
         if sampling.ignore_eos:  # vLLM's extension of the OpenAI API
             common["extra_body"] = {"ignore_eos": True}
         if isinstance(prompt, str):
@@ -68,9 +68,14 @@ class OpenAIBackend:
             finish_reason="stop" if hit or reason != "length" else "length",
         )
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, seeds: list[int | None] | None = None
+    ) -> list[Completion]:
         validate_prompts(prompts)
         if not prompts:
             return []
+        # each request its own seed: servers seed a request's sampler with it, so repeats of
+        # one prompt under one seed would come back identical
+        seeds = row_seeds(sampling, len(prompts), seeds)
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda p: self._one(p, sampling), prompts))
+            return list(pool.map(lambda p, s: self._one(p, sampling, s), prompts, seeds))

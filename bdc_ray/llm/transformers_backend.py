@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
-from .base import Completion, Prompt, Sampling, truncate_at_stop, validate_prompts
+from .base import Completion, Prompt, Sampling, row_seeds, truncate_at_stop, validate_prompts
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,11 @@ class TransformersBackend:
             prompt, tokenize=False, add_generation_prompt=True
         )
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, seeds: list[int | None] | None = None
+    ) -> list[Completion]:
         validate_prompts(prompts)
+        self._seeds = row_seeds(sampling, len(prompts), seeds)
         texts = [self.render(p) for p in prompts]
         chat = [not isinstance(p, str) for p in prompts]
         encoded = [
@@ -101,8 +109,6 @@ class TransformersBackend:
         # sort by length so each micro-batch pads little; answers go back in input order
         order = sorted((i for i in range(len(encoded)) if out[i] is None),
                        key=lambda i: len(encoded[i]))  # fmt: skip
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start : start + self.max_batch_size]
             for i, c in zip(
@@ -116,7 +122,11 @@ class TransformersBackend:
     ) -> list[Completion]:
         """One micro-batch; `rows` are the prompts' positions in the generate call (a subclass
         that conditions each row, like the customised solver, needs them)."""
-        return self._generate_batch(batch, sampling)
+        return self._generate_batch(batch, sampling, seeds=self.seeds_of(rows))
+
+    def seeds_of(self, rows: list[int]) -> list[int | None]:
+        """These prompts' seeds in the generate call under way."""
+        return [self._seeds[i] for i in rows]
 
     @torch.inference_mode()
     def _generate_batch(
@@ -126,6 +136,7 @@ class TransformersBackend:
         row_max_tokens: list[int] | None = None,
         on_token: Callable[[int, int], None] | None = None,
         rows_context: Callable[[list[int]], Any] | None = None,
+        seeds: list[int | None] | None = None,
         **extra: Any,
     ) -> list[Completion]:
         """One padded `model.generate` call.
@@ -136,7 +147,8 @@ class TransformersBackend:
         (streaming). `rows_context(rows)`: a context manager under which a forward pass of only
         these rows of the batch runs right (the gated mixture's per-row gates); needed for the
         chunked prefill below. `extra` goes to `model.generate` (e.g. peft's mixed-batch
-        `adapter_names`; a batch with extras is prefilled whole).
+        `adapter_names`; a batch with extras is prefilled whole). `seeds`: each row's own
+        sampling seed (None: a fresh draw).
         """
         padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt", padding=True)
         input_ids = padded["input_ids"].to(self.device)
@@ -170,11 +182,13 @@ class TransformersBackend:
             kwargs["streamer"] = RowStreamer(on_token, ends, row_max_tokens)
         if sampling.ignore_eos:  # eos is masked until the budget is spent
             kwargs["min_new_tokens"] = sampling.max_tokens
-        if sampling.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None
+        # sampled rows draw in RowSampler, each from its own generator, and the greedy step
+        # after it takes the one token it left: generate's own sampling shares one generator
+        # across the batch, so a row's draw would depend on its batch mates
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if not sampling.greedy:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [RowSampler(seeds or [None] * len(batch), sampling.temperature, sampling.top_p)]
             )
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
@@ -306,6 +320,41 @@ def cache_kwarg(model: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature, top-p and the draw of each row from its own `torch.Generator`, so a row's
+    samples depend on its seed alone, not on which rows share its batch. Returns scores that
+    leave only the drawn token, which the greedy step then picks."""
+
+    def __init__(self, seeds: list[int | None], temperature: float, top_p: float) -> None:
+        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+        self.generators: list[torch.Generator] | None = None
+
+    def _make(self, device: torch.device) -> list[torch.Generator]:
+        gens = []
+        for s in self.seeds:
+            g = torch.Generator(device=device)
+            # an unseeded row draws its seed from torch's global generator
+            g.manual_seed(int(torch.randint(1 << 62, ())) if s is None else s)
+            gens.append(g)
+        return gens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generators is None:
+            self.generators = self._make(scores.device)
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+            ordered, idx = logits.sort(dim=-1)
+            drop = ordered.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            drop[:, -1] = False
+            logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        picks = torch.cat([
+            torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)
+        ])  # fmt: skip
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, picks[:, None], 0.0)
 
 
 class RowBudget(StoppingCriteria):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Completion, Prompt, Sampling, validate_prompts
+from .base import Completion, Prompt, Sampling, row_seeds, validate_prompts
 
 
 def _import_vllm():
@@ -45,31 +45,42 @@ class VLLMBackend:
             self.lora = LoRARequest(Path(adapter).name, 1, str(adapter))
         self.llm = vllm.LLM(model=str(model_path), dtype=dtype, **options)
 
-    def _params(self, sampling: Sampling):
+    def _params(self, sampling: Sampling, seed: int | None):
         return self._vllm.SamplingParams(
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p if not sampling.greedy else 1.0,
             stop=list(sampling.stop) or None,
-            seed=sampling.seed,
+            seed=seed,
             ignore_eos=sampling.ignore_eos,
         )
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Completion]:
+    def generate(
+        self, prompts: list[Prompt], sampling: Sampling, seeds: list[int | None] | None = None
+    ) -> list[Completion]:
         validate_prompts(prompts)
-        params = self._params(sampling)
+        # one SamplingParams per prompt: vLLM seeds each request's generator with its
+        # params' seed, so a shared seed would make repeats of one prompt identical
+        seeds = row_seeds(sampling, len(prompts), seeds)
+        params = [self._params(sampling, None if sampling.greedy else s) for s in seeds]
         out: list[Completion | None] = [None] * len(prompts)
         plain = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
         if plain:
             results = self.llm.generate(
-                [prompts[i] for i in plain], params, use_tqdm=False, lora_request=self.lora
+                [prompts[i] for i in plain],
+                [params[i] for i in plain],
+                use_tqdm=False,
+                lora_request=self.lora,
             )
             for i, r in zip(plain, results, strict=True):
                 out[i] = _completion(r)
         if chats:
             results = self.llm.chat(
-                [prompts[i] for i in chats], params, use_tqdm=False, lora_request=self.lora
+                [prompts[i] for i in chats],
+                [params[i] for i in chats],
+                use_tqdm=False,
+                lora_request=self.lora,
             )
             for i, r in zip(chats, results, strict=True):
                 out[i] = _completion(r)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..config import ServeConfig
-from ..llm.base import Completion, Prompt, Sampling
+from ..llm.base import Completion, Prompt, Sampling, derive_seed
 from .engine import UNIFORM, BatchEngine, GenRequest, RowError
 from .protocol import (
     APIError,
@@ -314,14 +315,12 @@ class SolverServer:
                     code="context_length_exceeded",
                 )
             sampling = Sampling(
-                max_tokens=want,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                stop=body.stops,
-                seed=body.seed,
+                max_tokens=want, temperature=body.temperature, top_p=body.top_p, stop=body.stops
             )
-            for _ in range(body.n):
-                reqs.append(GenRequest(p, sampling, experts))
+            for j in range(body.n):
+                # each choice its own draw; a seeded request reproduces in any batch
+                seed = None if body.seed is None else derive_seed(body.seed, i, j)
+                reqs.append(GenRequest(p, replace(sampling, seed=seed), experts))
                 counts.append(n_tok)
         return reqs, counts
 

@@ -2,9 +2,10 @@
 
 A :class:`GenRequest` is one prompt of one client request (a request with n choices or a list
 of prompts is several). :meth:`BatchEngine.run` takes whatever requests a batch collected and
-generates them together: requests that share sampling settings (temperature, top_p, stop,
-seed) go into one `generate` call, each row with its own token budget and its own gates (the
-hypernetwork's, the experts' mean, or one expert alone). A request with `on_text` receives its
+generates them together: requests that share sampling settings (temperature, top_p, stop)
+go into one `generate` call, each row with its own seed, its own token budget and its own gates
+(the hypernetwork's, the experts' mean, or one expert alone); a seeded row draws the same
+whatever shares its batch. A request with `on_text` receives its
 text as it is generated (streaming); the pieces always add up to the final text.
 
 A request that fails fails alone: when a `generate` call raises, each of its requests that has
@@ -103,7 +104,7 @@ class RowError:
 
 
 def sampling_key(s: Sampling) -> tuple:
-    return (s.temperature, s.top_p, s.stop, s.seed, s.ignore_eos)
+    return (s.temperature, s.top_p, s.stop, s.ignore_eos)
 
 
 class BatchEngine:
@@ -176,7 +177,7 @@ class BatchEngine:
     ) -> list[Completion]:
         """One `generate` call for requests that share sampling settings."""
         budgets = [r.sampling.max_tokens for r in group]
-        sampling = replace(group[0].sampling, max_tokens=max(budgets))
+        sampling = replace(group[0].sampling, max_tokens=max(budgets), seed=None)
 
         def on_token(row: int, tok: int) -> None:
             if streams[row] is not None:
@@ -188,6 +189,7 @@ class BatchEngine:
             gates=self._gates(group),
             row_max_tokens=budgets,
             on_token=on_token if any(streams) else None,
+            seeds=[r.sampling.seed for r in group],
         )
         with self.stats.lock:
             self.stats.generate_calls += 1

@@ -64,13 +64,47 @@ def test_bad_prompts_fail_the_call_not_the_actor(ray_session):
     ray.kill(actor)
 
 
-def test_requests_differing_only_in_seed_share_a_batch():
+def test_requests_differing_only_in_seed_share_a_batch_and_keep_their_own_draws(tiny_backend):
     agent = AgentLLM(TINY.model_dump(), "local")
-    a = Sampling(max_tokens=4, temperature=0.8, seed=1)
-    b = Sampling(max_tokens=4, temperature=0.8, seed=2)
+    a = Sampling(max_tokens=6, temperature=1.0, seed=1)
+    b = Sampling(max_tokens=6, temperature=1.0, seed=2)
 
     async def run():
-        return await asyncio.gather(agent.generate(["x"], a), agent.generate(["y"], b))
+        return await asyncio.gather(agent.generate(["x", "x"], a), agent.generate(["x"], b))
 
-    asyncio.run(run())
+    batched = asyncio.run(run())
     assert agent.info()["batches"] == 1
+    # each request's rows drew what they draw alone; the repeats and the two seeds differ
+    alone_a, alone_b = tiny_backend.generate(["x", "x"], a), tiny_backend.generate(["x"], b)
+    assert [c.text for c in batched[0]] == [c.text for c in alone_a]
+    assert [c.text for c in batched[1]] == [c.text for c in alone_b]
+    assert len({batched[0][0].text, batched[0][1].text, batched[1][0].text}) == 3
+
+
+def test_a_batch_that_generates_nothing_does_not_stop_the_actor():
+    """Ray's counters refuse an increment of 0: a batch whose every answer was empty (the
+    model's first token was its end) must not end the batching loop, or every later call
+    would wait forever."""
+    from bdc_ray.llm.base import Completion
+
+    class RayLikeCounter:
+        def inc(self, value, tags=None):
+            if value <= 0:
+                raise ValueError(f"value must be >0, got {value}")
+
+    class Silent:
+        name = "silent"
+
+        def generate(self, prompts, sampling, seeds=None):
+            return [Completion("", 1, 0, "stop") for _ in prompts]
+
+    agent = AgentLLM(TINY.model_dump(), "local")
+    agent.backend, agent._metrics = Silent(), RayLikeCounter()
+
+    async def run():
+        first = await asyncio.wait_for(agent.generate(["a"], Sampling(max_tokens=4)), 10)
+        again = await asyncio.wait_for(agent.generate(["b"], Sampling(max_tokens=4)), 10)
+        return first, again
+
+    first, again = asyncio.run(run())
+    assert first[0].text == again[0].text == "" and agent.info()["batches"] == 2

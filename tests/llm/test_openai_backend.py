@@ -3,7 +3,7 @@ import time
 import openai
 import pytest
 
-from bdc_ray.llm.base import Sampling
+from bdc_ray.llm.base import Sampling, row_seeds
 from bdc_ray.llm.openai_backend import OpenAIBackend
 from tests.helpers.openai_server import OpenAITestServer, backend_responder
 
@@ -27,11 +27,17 @@ def test_completions_and_chat_through_a_real_server_match_the_backend(server, ti
     assert server.requests[-1]["max_tokens"] == 12 and server.requests[-1]["model"] == "tiny"
 
 
-def test_stop_and_seed_are_sent(server):
+def test_stop_and_each_prompts_own_seed_are_sent(server):
     client = OpenAIBackend(server.base_url, model="tiny")
-    client.generate(["x"], Sampling(max_tokens=3, stop=("\n",), seed=5, temperature=0.5))
+    sp = Sampling(max_tokens=3, stop=("\n",), seed=5, temperature=0.5)
+    client.generate(["x"], sp)
     body = server.requests[-1]
-    assert body["stop"] == ["\n"] and body["seed"] == 5 and body["temperature"] == 0.5
+    assert body["stop"] == ["\n"] and body["temperature"] == 0.5
+    assert body["seed"] == row_seeds(sp, 1)[0]
+    before = len(server.requests)
+    client.generate(["x"] * 3, sp)  # repeats are separate draws: a server seeds each request
+    assert sorted(r["seed"] for r in server.requests[before:]) == sorted(row_seeds(sp, 3))
+    assert len(set(row_seeds(sp, 3))) == 3
 
 
 def test_transient_errors_are_retried_a_bounded_number_of_times(server):

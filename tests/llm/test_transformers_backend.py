@@ -1,6 +1,6 @@
 import pytest
 
-from bdc_ray.llm.base import Sampling, truncate_at_stop
+from bdc_ray.llm.base import Sampling, row_seeds, truncate_at_stop
 from bdc_ray.llm.transformers_backend import TransformersBackend
 
 PROMPTS = [
@@ -76,6 +76,22 @@ def test_sampling_with_a_seed_is_reproducible_and_differs_from_greedy(tiny_backe
     assert [c.text for c in a] == [c.text for c in b]
     c = tiny_backend.generate(PROMPTS[:3], Sampling(max_tokens=20, temperature=1.0, seed=8))
     assert [x.text for x in c] != [x.text for x in a]
+
+
+def test_each_row_is_its_own_draw_whatever_shares_its_batch(tiny_backend):
+    sp = Sampling(max_tokens=12, temperature=1.0, seed=3)
+    repeats = tiny_backend.generate(["x"] * 4, sp)
+    assert len({c.text for c in repeats}) == 4  # repeats of one prompt are distinct samples
+    assert [c.text for c in tiny_backend.generate(["x"] * 4, sp)] == [c.text for c in repeats]
+    # row i of a call is seeded by (seed, i): alone, or beside other prompts, it draws the same
+    seeds = row_seeds(sp, 4)
+    for i in (0, 3):
+        alone = tiny_backend.generate(["x"], sp, seeds=[seeds[i]])[0]
+        assert alone.text == repeats[i].text
+    mixed = tiny_backend.generate([PROMPTS[4], "x", PROMPTS[0]], sp, seeds=[5, seeds[2], 6])
+    assert mixed[1].text == repeats[2].text
+    with pytest.raises(ValueError, match="seeds: 1 given for 2 prompts"):
+        tiny_backend.generate(["x", "y"], sp, seeds=[1])
 
 
 def test_bad_prompts_and_sampling_are_refused(tiny_backend):

@@ -92,6 +92,17 @@ def test_completions_stream_with_several_prompts_and_n(client):
     assert full.choices[0].text == full.choices[1].text  # greedy: n copies agree
 
 
+def test_a_seeded_request_gives_n_distinct_choices_and_reproduces(client):
+    def texts():
+        r = client.completions.create(
+            model=MODEL, prompt="def f(x):", n=3, max_tokens=10, temperature=1.0, seed=9
+        )
+        return [c.text for c in r.choices]
+
+    first = texts()
+    assert len(set(first)) == 3 and texts() == first
+
+
 def test_an_expert_model_id_serves_that_expert_alone(client):
     r = client.completions.create(
         model=f"{MODEL}/cluster_1", prompt="x = ", max_tokens=4, temperature=0

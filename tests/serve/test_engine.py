@@ -64,6 +64,17 @@ def test_different_sampling_settings_are_generated_apart(engine, reference_rows)
     assert engine.stats.generate_calls == before + 2 and len(out) == 2
 
 
+def test_seeded_rows_share_a_call_and_draw_what_they_draw_alone(engine, solver, reference_rows):
+    p = reference_rows[0]["messages"]
+    s1, s2 = (Sampling(max_tokens=8, temperature=1.0, seed=k) for k in (1, 2))
+    before = engine.stats.generate_calls
+    out = engine.run([GenRequest(p, s1), GenRequest(p, s2), GenRequest(p, s1)])
+    assert engine.stats.generate_calls == before + 1  # seeds differ, one batch
+    alone = solver.generate([p], s1, seeds=[1])[0].text
+    assert out[0].text == out[2].text == alone
+    assert out[1].text == solver.generate([p], s2, seeds=[2])[0].text != alone
+
+
 class _Chars:
     """A tokenizer whose tokens are characters."""
 
