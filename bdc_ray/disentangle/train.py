@@ -542,6 +542,7 @@ def _log_row(
 ) -> dict[str, Any]:
     """train_log.json of one expert, the same for both loops. tokens_per_s covers the steps this
     attempt ran, over step time (start-up and checkpoint writing are in wall_s)."""
+    now = time.time()
     return {
         "name": spec.name,
         "steps": steps,
@@ -554,6 +555,9 @@ def _log_row(
         "tokens_per_s": round(tokens_here / step_s, 2) if step_s > 0 else None,
         "step_s": round(step_s, 2),
         "wall_s": round(wall, 2),
+        # this attempt's span in wall-clock time: shows which experts trained side by side
+        "started_at": round(now - wall, 3),
+        "finished_at": round(now, 3),
         "resumed_from": resumed,
         "fingerprint": spec.fingerprint,
         "zero_stage": zero_stage,

@@ -127,6 +127,16 @@ def plot_gates(gates: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _provenance(meta: dict[str, Any]) -> str:
+    """Where the training examples came from: the search's verified traces, or the train
+    split's reference solutions (a supplement the config turns on)."""
+    by = meta.get("by_source")
+    if not by:
+        return ""
+    return (f" ({by.get('search', 0)} from search traces verified on hidden tests, "
+            f"{by.get('reference', 0)} from reference solutions)")  # fmt: skip
+
+
 def write_report(run: RunDir) -> Path:
     """Write run/report.md (and its plots); returns its path."""
     root = run.root
@@ -186,6 +196,15 @@ def write_report(run: RunDir) -> Path:
                      if k in m}  # fmt: skip
             if stats:
                 lines += ["Search (mcts): " + ", ".join(f"{k} {v}" for k, v in stats.items()), ""]
+            if "train_passed_hidden" in m:
+                keep = (config or {}).get("search", {}).get("keep_without_hidden")
+                lines += [
+                    f"Train problems verified on hidden tests: {m['train_passed_hidden']}; "
+                    f"without hidden tests: {m.get('train_without_hidden', 0)} (passed their "
+                    f"public tests only: {m.get('train_passed_public_only', 0)}, "
+                    f"{'kept' if keep else 'not kept'} as training data).",
+                    "",
+                ]
         plot_pass_at_1(methods, plots / "pass_at_1.png")
         lines += ["![pass@1 per method](plots/pass_at_1.png)", ""]
     timings = _load(root / "timings.json")
@@ -207,7 +226,7 @@ def write_report(run: RunDir) -> Path:
         lines += [
             "## Disentangle",
             "",
-            f"{meta.get('examples')} examples, k={meta.get('k')} clusters of sizes "
+            f"{meta.get('examples')} examples{_provenance(meta)}, k={meta.get('k')} clusters of sizes "
             f"{meta.get('sizes')}, silhouette "
             f"{meta['silhouette'] if meta.get('silhouette') is None else round(meta['silhouette'], 3)}.",
             "",
@@ -238,6 +257,16 @@ def write_report(run: RunDir) -> Path:
             + ", ".join(f"[{p.parent.name}](experts/{p.parent.name}/loss.png)" for p in logs),
             "",
         ]
+    merges = sorted((root / "experts").glob("merged_*/merge.json")) if logs else []
+    if merges:
+        lines += ["Merges of the cluster experts (baselines):", ""]
+        for p in merges:
+            rec = _load(p) or {}
+            how = f"peft `{rec.get('combination_type')}` on the {rec.get('acts_on', '?')}"
+            if rec.get("svd_rank"):
+                how += f", density {rec.get('density')}, reduced to rank {rec['svd_rank']} by SVD"
+            lines.append(f"- `{p.parent.name}`: {how}")
+        lines.append("")
     summary = _load(root / "hypernet" / "summary.json")
     if summary:
         lines += [

@@ -8,6 +8,7 @@ directory skips problems whose trace exists for the same config and finishes the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -45,11 +46,17 @@ def explored(run: RunDir, split: str, pid: str, fingerprint: str) -> bool:
     return trace_is_current(trace_path(run.root, split, pid), fingerprint)
 
 
+def _ids_digest(ids: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _up_to_date(run: RunDir, ids: dict[str, list[str]], fingerprint: str) -> dict | None:
-    """The recorded `mcts` summary when every problem and SFT file is done under this config."""
+    """The recorded `mcts` summary when every problem and SFT file is done under this config,
+    for these problems (the fingerprint leaves out how many are used)."""
     recorded = run.load_results()["methods"].get("mcts", {})
     done = (
         recorded.get("fingerprint") == fingerprint
+        and recorded.get("problems") == _ids_digest(ids)
         and all((run.root / "sft" / f"{k}.jsonl").is_file() for k in SFT_KINDS)
         and all(explored(run, s, i, fingerprint) for s, todo in ids.items() for i in todo)
     )
@@ -139,9 +146,10 @@ def write_sft(run: RunDir, train_ids: list[str]) -> tuple[dict[str, list], list[
     return sft, rows
 
 
-def _score_mcts(run, problems, test_ids, pool, sft, train_rows, fp, start) -> dict:
+def _score_mcts(run, problems, ids, pool, sft, train_rows, fp, start) -> dict:
     """Method `mcts`: each test problem's best program on the complete tests, with the
     search's totals."""
+    test_ids = ids["test"]
     from ..actors.executor import pool_scorer
     from ..boost.data import solution_code
 
@@ -158,8 +166,12 @@ def _score_mcts(run, problems, test_ids, pool, sft, train_rows, fp, start) -> di
         "solved_public": sum(bool(rows[p.id]["solved_public"]) for p in test),
         "sft_examples": {k: len(v) for k, v in sft.items()},
         "train_passed_hidden": sum(bool(r["passed_hidden"]) for r in train_rows),
+        # train problems with every test public: passing them verifies nothing held out
+        "train_without_hidden": sum(not r.get("has_hidden", True) for r in train_rows),
+        "train_passed_public_only": sum(bool(r.get("passed_public_only")) for r in train_rows),
         "wall_s": round(time.perf_counter() - start, 1),
         "fingerprint": fp,
+        "problems": _ids_digest(ids),
     }
     return record_answers(run, "mcts", test, answers, scorer=pool_scorer(pool), extra=extra)
 
@@ -181,11 +193,21 @@ def explore(cfg: Config, run: RunDir) -> dict:
     if recorded is not None:
         log.info("explore: every problem explored under this config; skipped")
         return {**recorded, "progress": empty_progress()}
+    if all(explored(run, s, i, fp) for s, todo in ids.items() for i in todo):
+        # every tree is searched (fewer problems asked for, say): the SFT files and the
+        # mcts scores are redone from the traces, and no agent is started
+        from ..actors.executor import executor_pool
+
+        log.info("explore: every tree already searched; SFT data and mcts scores redone")
+        with executor_pool(cfg.eval) as pool:
+            sft, train_rows = write_sft(run, ids["train"])
+            summary = _score_mcts(run, problems, ids, pool, sft, train_rows, fp, start)
+        return {**summary, "progress": empty_progress()}
     with _search_actors(cfg, fp) as (tm, pool):
         _follow(tm, *_submit(tm, run, problems, ids, fp))
         run.storage.pull()  # the traces the TreeManager wrote into run storage
         progress = ray.get(tm.get_progress.remote())
         sft, train_rows = write_sft(run, ids["train"])
-        summary = _score_mcts(run, problems, ids["test"], pool, sft, train_rows, fp, start)
+        summary = _score_mcts(run, problems, ids, pool, sft, train_rows, fp, start)
     log.info("mcts: %s", summary)
     return {**summary, "progress": progress}

@@ -22,8 +22,22 @@ class StageInputError(ValueError):
     """A stage's inputs are missing or do not fit (run an earlier stage, or fix the input)."""
 
 
-# decoding and scoring of evaluated methods (base model or adapter)
-EVAL_SECTIONS = ("data", "models", "base_model", "eval", "seed")
+# decoding and scoring of evaluated methods (the base model, with or without an adapter)
+EVAL_SECTIONS = ("data", "models@base", "eval", "seed")
+
+# what one tree's result depends on: the problem (the split, not how many of it are used), the
+# agents and their models, the search (not how many problems it takes), the sandbox's limits.
+# Not evaluation settings or replica counts; each tree's trace carries this fingerprint
+EXPLORE_SECTIONS = (
+    "data-max_train-max_test",
+    "models@agents",
+    "agents",
+    "search-train_limit-test_limit",
+    "eval.timeout_s",
+    "eval.sandbox_allow_missing",
+    "eval.sandbox_packages",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,7 @@ STAGES: tuple[Stage, ...] = (
         "explore",
         "bdc_ray.pipeline.explore:explore",
         ("traces/*.parquet", "sft/*.jsonl"),
-        ("data", "models", "agents", "search", "eval", "seed"),
+        EXPLORE_SECTIONS,
         "jobs/explore.py",
         "Boost: MC-Tree-Of-Agents on train and test problems (traces, SFT data, method mcts)",
     ),
@@ -81,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
         "experts",
         "bdc_ray.pipeline.experts:train_experts",
         ("experts/*/adapter_model.safetensors",),
-        ("experts", "models", "base_model", "seed"),
+        ("experts", "models@base", "seed"),
         "jobs/train_experts.py",
         "Ray Train + DeepSpeed LoRA experts (full and one per cluster), then the merges",
     ),

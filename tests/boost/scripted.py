@@ -27,6 +27,7 @@ class ScriptedLLM:
     reflect: callable = lambda agent, thoughts: f"{agent}-fix({thoughts[-1]})"
     repair: callable = lambda agent, text: None
     calls: list = field(default_factory=list)
+    prompts: list = field(default_factory=list)  # (agent, kind, the prompt's last message)
 
     async def generate(self, agent, prompts, sampling):
         out = []
@@ -54,6 +55,7 @@ class ScriptedLLM:
                 body = f"```python\ndef f():\n    return 1  # rate={rate}\n```"
                 kind = "simulate"
             self.calls.append((agent, kind, sampling.temperature))
+            self.prompts.append((agent, kind, text))
             out.append(Completion(body, 10, 5, "stop"))
         return out
 
@@ -74,7 +76,7 @@ class FakeResult:
         return self.pass_rate == 1.0
 
     def feedback(self, max_tests=3):
-        return f"failing, rate {self.pass_rate}"
+        return f"assert f() == 1 failed, rate {self.pass_rate}"
 
 
 class RateChecker:

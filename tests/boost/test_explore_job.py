@@ -51,8 +51,7 @@ def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_sess
         stats = json.loads(row["stats"])
         assert stats["rollouts"] >= 1 and stats["llm_calls"] > 0 and stats["executions"] > 0
         assert json.loads(row["programs"])  # every evaluated program with its reward
-    for kind in ("p2t", "t2c", "p2c", "prefs"):
-        assert isinstance(read_jsonl(run / "sft" / f"{kind}.jsonl"), list)
+    pipeline.check_sft_against_traces(run)
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["methods"]["mcts"]["n"] == 2 and "nodes" in results["methods"]["mcts"]
     assert summary["progress"]["done"] == 5

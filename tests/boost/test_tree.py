@@ -138,6 +138,7 @@ def test_two_agents_expand_each_others_thoughts_and_values_average_both_agents()
         assert c.value == pytest.approx(0.25)
     assert result.stats.executions == 8 * 4  # 8 thoughts x (2 agents x 2 trials)
     assert all(temp > 0 for _, kind, temp in llm.calls if kind == "simulate")
+    assert_visits_consistent(mcts.root)
 
 
 def test_refine_reflects_by_the_other_agent_with_prior_one_and_is_bounded():
@@ -302,3 +303,80 @@ def test_preference_pairs_from_siblings():
             "rejected_value": 0.1,
         }
     ]
+
+
+def assert_visits_consistent(node: DecisionNode) -> None:
+    """P-UCB's bookkeeping: a decision node's N is the sum of its children's n, and a chance
+    node's visits are its returns, at every level."""
+    for c in node.children:
+        assert c.visits == c.n, c.thought
+        assert_visits_consistent(c.child)
+    if node.children:
+        assert node.visits == sum(c.n for c in node.children), node.thoughts
+
+
+def test_the_searchs_own_gamma_and_c_decide_what_is_backed_up_and_which_child_is_selected():
+    """With the configured defaults (gamma 0.9, c 4): after the first rollout the root has
+    N = 2, so the exploration term favours the high-prior child "lo" over the higher-valued
+    "hi"; its grandchild's 0.8 reaches it discounted once."""
+    rates = {"hi": 0.5, "lo": 0.25}
+    llm = ScriptedLLM(
+        expand=lambda agent, thoughts: (
+            [("hi", 0.1), ("lo", 0.9)] if not thoughts else [(f"{thoughts[-1]}>x", 0.5)]
+        ),
+        code=lambda agent, thoughts: rates.get(thoughts[-1], 0.8),
+    )
+    cfg = SearchConfig(width=2, trials=1, rollouts=2, max_refines=0)
+    mcts = MCTS(PROBLEM, [A], llm, RateChecker(), cfg)
+    asyncio.run(mcts.run())
+    hi, lo = mcts.root.children
+    scores = [p_ucb(c, 2, cfg.c_base, cfg.c) for c in (hi, lo)]
+    assert scores[1] > scores[0]  # pinned: c = 4 explores; c = 0 would pick "hi"
+    assert not hi.child.children and [g.thought for g in lo.child.children] == ["lo>x"]
+    assert hi.returns == [0.5]
+    assert lo.returns == [0.25, pytest.approx(0.9 * 0.8)]  # gamma = 0.9, one level up
+    assert lo.child.children[0].returns == [0.8]
+    assert_visits_consistent(mcts.root)
+    assert mcts.root.visits == 3
+
+
+def test_reflection_sees_the_failing_program_and_the_feedback_of_its_tests():
+    llm = ScriptedLLM(
+        expand=lambda agent, thoughts: [(f"{agent}-{len(thoughts)}", 0.5)],
+        code=lambda agent, thoughts: 0.5,
+    )
+    cfg = SearchConfig(width=1, trials=1, rollouts=1, max_refines=1)
+    asyncio.run(MCTS(PROBLEM, [A], llm, RateChecker(), cfg).run())
+    (text,) = [t for _, kind, t in llm.prompts if kind == "reflect"]
+    assert "def f():\n    return 1  # rate=0.5" in text  # the best program of the child
+    assert "assert f() == 1 failed, rate 0.5" in text  # what its failing tests said
+    assert "1. A-0" in text  # and the thoughts it was written from
+
+
+def test_prune_comes_before_refine_and_refine_children_are_pruned_too():
+    """Under a 0.5 parent: "a>1" (0.2) is pruned before any reflection is spent on it; the
+    live failing "a>2" (0.6) is reflected on, and its refine sibling (0.1) is pruned."""
+    rates = {"a": 0.5, "a>1": 0.2, "a>2": 0.6, "fix(a>2)": 0.1}
+    reflected = []
+
+    def reflect(agent, thoughts):
+        reflected.append(list(thoughts))
+        # at the root the replacement repeats the child, so it is dropped
+        return thoughts[-1] if len(thoughts) == 1 else f"fix({thoughts[-1]})"
+
+    llm = ScriptedLLM(
+        expand=lambda agent, thoughts: (
+            [("a", 0.5)] if not thoughts else [("a>1", 0.5), ("a>2", 0.5)]
+        ),
+        code=lambda agent, thoughts: rates[thoughts[-1]],
+        reflect=reflect,
+    )
+    cfg = SearchConfig(width=2, trials=1, rollouts=2, max_refines=2)
+    mcts = MCTS(PROBLEM, [A], llm, RateChecker(), cfg)
+    asyncio.run(mcts.run())
+    assert reflected == [["a"], ["a", "a>2"]]  # never the pruned "a>1"
+    kids = {c.thought: c for c in mcts.root.children[0].child.children}
+    assert sorted(kids) == ["a>1", "a>2", "fix(a>2)"]
+    assert kids["a>1"].pruned and kids["fix(a>2)"].pruned and not kids["a>2"].pruned
+    assert mcts.stats.pruned == 2 and mcts.stats.refined == 1
+    assert_visits_consistent(mcts.root)

@@ -61,9 +61,9 @@ def test_tune_picks_the_trial_with_the_lowest_validation_loss(tuned_run):
         meta["experts"] == ["cluster_0", "cluster_1"]
         and meta["tune_config"] == summary["best_config"]
     )
-    assert (
-        summary["best_val_loss"] <= summary["mean_experts_val_loss"] + 1e-9
-    )  # never worse than the mean
+    # the gates learned something: the best trial's validation loss is below that of the
+    # zero-initialised start (the experts' mean), which every trial starts from
+    assert summary["best_val_loss"] < summary["mean_experts_val_loss"] - 0.01
     assert (root / "plots" / "tune.png").stat().st_size > 5000
 
 

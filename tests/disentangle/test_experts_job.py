@@ -54,6 +54,11 @@ def test_experts_train_in_parallel_merge_and_skip_on_rerun(ray_session, referenc
         n = 8 if name == "full" else 4
         assert log["examples"] == log["used_examples"] == n and log["zero_stage"] == 2
         assert log["tokens_per_s"] > 0 and len(log["history"]["loss"]) == log["steps"]
+    # side by side: every pair of trainers overlapped in time
+    logs = [json.loads((tmp_path / "experts" / n / "train_log.json").read_text())
+            for n in ("full", "cluster_0", "cluster_1")]  # fmt: skip
+    spans = [(log["started_at"], log["finished_at"]) for log in logs]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans
     # every trainer's checkpoints are gone once its adapter is written
     assert not list((tmp_path / "experts" / ".ray_train").glob("*/checkpoint_*"))
 
@@ -68,9 +73,10 @@ def test_experts_train_in_parallel_merge_and_skip_on_rerun(ray_session, referenc
         kb = key.replace("lora_A", "lora_B")
         want = scale * ((b[kb] + a[kb]) / 2) @ ((a[key] + b[key]) / 2)
         assert (scale_m * m[kb] @ m[key] - want).abs().max() < 1e-6, key
-    for kind in ("ties", "dare"):
+    for kind in ("ties_svd", "dare_svd"):
         rec = json.loads((tmp_path / "experts" / f"merged_{kind}" / "merge.json").read_text())
         assert rec["experts"] == ["cluster_0", "cluster_1"] and rec["density"] == 0.5
+        assert rec["acts_on"] == "weight deltas" and rec["svd_rank"] == cfg.experts.r
 
     stamps = {
         p: p.stat().st_mtime_ns for p in (tmp_path / "experts").glob("*/adapter_model.safetensors")

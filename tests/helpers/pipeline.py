@@ -65,3 +65,23 @@ def explore(argv: list[str]) -> dict:
     cfg, run, _ = parse(argv)
     with run.synced():
         return explore_stage(cfg, run)
+
+
+def check_sft_against_traces(run: Path) -> int:
+    """The SFT files hold one example of each kind per train trace that passed its hidden
+    tests, and every preference pair of the train traces; returns how many passed."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from bdc_ray.rundir import read_jsonl
+
+    rows = [pq.read_table(p).to_pylist()[0] for p in (run / "traces").glob("train--*.parquet")]
+    verified = {r["problem_id"] for r in rows if r["passed_hidden"]}
+    for kind in ("p2t", "t2c", "p2c"):
+        sft = read_jsonl(run / "sft" / f"{kind}.jsonl")
+        assert sorted(ex["problem_id"] for ex in sft) == sorted(verified), kind
+        assert all(ex["kind"] == kind for ex in sft), kind
+    prefs = sum(len(json.loads(r["prefs"])) for r in rows)
+    assert len(read_jsonl(run / "sft" / "prefs.jsonl")) == prefs
+    return len(verified)

@@ -60,10 +60,10 @@ def test_methods_are_named_once_and_order_the_report(monkeypatch):
     assert method_of("base_two_stage").kind is Kind.TWO_STAGE
     with pytest.raises(UnknownMethod, match="unknown method 'cluster_'"):
         method_of("cluster_")
-    names = ["customized", "merged_ties", "cluster_10", "cluster_2", "mcts", "full",
-             "base_zero_shot", "merged_dare", "base_two_stage"]  # fmt: skip
+    names = ["customized", "merged_ties_svd", "cluster_10", "cluster_2", "mcts", "full",
+             "base_zero_shot", "merged_dare_svd", "base_two_stage"]  # fmt: skip
     assert ordered_methods(names) == ["base_zero_shot", "base_two_stage", "mcts", "full",
-                                      "cluster_2", "cluster_10", "merged_dare", "merged_ties",
+                                      "cluster_2", "cluster_10", "merged_dare_svd", "merged_ties_svd",
                                       "customized"]  # fmt: skip
     # a new row is a new method, ordered where the row stands
     row = Method("distilled", Kind.DIRECT, "evaluate", "x")
@@ -95,3 +95,40 @@ def test_an_adapter_folder_of_any_name_is_planned_for_evaluation(tmp_path):
     assert fn.args[3].adapter == str(adapters["mine"].resolve()) and fp
     with pytest.raises(StageInputError, match="adapters in .*: full, mine"):
         _plan(cfg, run, "cluster_7", cfg.models[cfg.base_model], adapters)
+
+
+def test_stage_fingerprints_hash_only_what_changes_each_stages_results():
+    from bdc_ray.config import load_config
+    from bdc_ray.pipeline import stage
+    from tests.helpers.pipeline import LOCAL
+
+    base = load_config(LOCAL)
+
+    def fp(name, *sets):
+        return stage(name).fingerprint(load_config(LOCAL, list(sets)))
+
+    def same(name, *sets):
+        return stage(name).fingerprint(base) == fp(name, *sets)
+
+    # how a run is carried out, how much of the split is used, how methods are evaluated
+    operational = ["models.smollm2.replicas=3", "models.smollm2.num_cpus=0.25",
+                   "models.smollm2.max_batch_size=4", "search.concurrent_trees=1",
+                   "eval.workers=1", "models.unused.path=tiny-random-llama"]  # fmt: skip
+    for name in ("explore", "experts"):
+        for change in [*operational, "eval.max_tokens=7", "eval.thought_tokens=9"]:
+            assert same(name, change), (name, change)
+    for change in ("data.max_test=2", "data.max_train=5", "search.test_limit=1"):
+        assert same("explore", change), change  # each tree's trace stays valid
+    for change in operational:
+        assert same("zero_shot", change) and same("evaluate", change), change
+    # what does change results
+    for change in ("agents.0.temperature=0.3", "search.width=5", "search.gamma=0.5",
+                   "eval.timeout_s=2", "models.smollm2.dtype=bfloat16", "data.split_seed=3",
+                   "seed=4"):  # fmt: skip
+        assert not same("explore", change), change
+    for change in ("experts.r=4", "models.smollm2.path=tiny-random-llama", "seed=4"):
+        assert not same("experts", change), change
+    for change in ("eval.max_tokens=7", "data.max_test=2", "models.smollm2.dtype=bfloat16"):
+        assert not same("evaluate", change) and not same("zero_shot", change), change
+    with pytest.raises(KeyError, match="no field"):
+        base.fingerprint("search-no_such_field")
