@@ -1,7 +1,7 @@
 """Every method the comparison reports, named once (docs/method.md#what-is-compared).
 
 A method is either one fixed name (`base_zero_shot`, `mcts`, `customized`, ...) or a family of
-names that an earlier stage creates (`cluster_0`, `cluster_1`, ... one per cluster; `merged_ties`
+names that an earlier stage creates (`cluster_0`, `cluster_1`, ... one per cluster; `merged_ties_svd`
 ...). The table's order is the report's row order. Adding a method is one row here plus the
 function that evaluates its kind in `bdc_ray/pipeline/evaluate.py`. It sits beside the config,
 below the stages and the report, since both read it.
@@ -44,7 +44,13 @@ METHODS: tuple[Method, ...] = (
     Method("mcts", Kind.SEARCH, "explore", "the agents' models and the sandbox"),
     Method("full", Kind.ADAPTER, "evaluate", "experts/full (the adapter on all examples)"),
     Method("cluster_", Kind.ADAPTER, "evaluate", "experts/cluster_<i>", family=True),
-    Method("merged_", Kind.ADAPTER, "evaluate", "experts/merged_<linear|ties|dare>", family=True),
+    Method(
+        "merged_",
+        Kind.ADAPTER,
+        "evaluate",
+        "experts/merged_<linear|ties_svd|dare_svd>",
+        family=True,
+    ),
     Method("customized", Kind.CUSTOMIZED, "evaluate", "hypernet/ and the cluster experts"),
 )
 
