@@ -117,3 +117,12 @@ def test_apply_override_creates_sections():
     d: dict = {}
     apply_override(d, "search.width=2")
     assert d == {"search": {"width": 2}}
+
+
+def test_the_study_config_is_the_methods_budget_on_every_problem():
+    study, default = load_config("configs/study.yaml").search, load_config(None).search
+    for key in ("width", "trials", "rollouts", "max_depth", "max_refines", "gamma", "c", "c_base"):
+        assert getattr(study, key) == getattr(default, key), key
+    cfg = load_config("configs/study.yaml")
+    assert cfg.data.max_train is cfg.data.max_test is None
+    assert study.train_limit is study.test_limit is None and not cfg.cluster.reference_solutions

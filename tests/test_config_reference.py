@@ -22,7 +22,7 @@ from bdc_ray.config import REFERENCE_COMMAND, Config, config_reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "configs" / "README.md"
-EXAMPLES = ["configs/local.yaml", "configs/gpu.yaml"]
+EXAMPLES = ["configs/local.yaml", "configs/gpu.yaml", "configs/study.yaml"]
 
 
 def _models_in(annotation: Any):
