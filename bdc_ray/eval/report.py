@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from ..rundir import RunDir, atomic_write_text
-from .methods import common_problems_table, ordered_methods
+from .methods import (
+    PAIRED_HEADER,
+    REFERENCE,
+    common_problems_table,
+    ordered_methods,
+    paired_rows,
+    with_intervals,
+)
+from .stats import ci_text
 
 
 def _load(path: Path) -> Any:
@@ -50,8 +58,19 @@ def plot_pass_at_1(methods: dict[str, dict[str, Any]], path: Path) -> Path:
     pr = [methods[m].get("pass_rate", 0.0) for m in names]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4.2))
-    ax.bar(x - 0.2, p1, 0.4, label="pass@1 (AC)", color="#3b6ea8")
-    ax.bar(x + 0.2, pr, 0.4, label="pass rate", color="#9cc3e6")
+
+    def err(key: str, values: list[float]) -> np.ndarray | None:
+        cis = [methods[m].get(key) for m in names]
+        if not all(isinstance(c, list | tuple) and len(c) == 2 for c in cis):
+            return None
+        return np.array([[v - c[0] for v, c in zip(values, cis, strict=True)],
+                         [c[1] - v for v, c in zip(values, cis, strict=True)]]).clip(0)  # fmt: skip
+
+    bars = dict(capsize=3, error_kw={"elinewidth": 0.8})  # the 95% intervals, where recorded
+    ax.bar(x - 0.2, p1, 0.4, yerr=err("pass@1_ci95", p1), label="pass@1 (AC)", color="#3b6ea8",
+           **bars)  # fmt: skip
+    ax.bar(x + 0.2, pr, 0.4, yerr=err("pass_rate_ci95", pr), label="pass rate",
+           color="#9cc3e6", **bars)  # fmt: skip
     for xi, v, n in zip(x, p1, names, strict=True):
         ax.text(xi - 0.2, v + 0.01, f"{v:.2f}\nn={methods[n].get('n', '?')}", ha="center",
                 va="bottom", fontsize=7)  # fmt: skip
@@ -141,7 +160,7 @@ def write_report(run: RunDir) -> Path:
     """Write run/report.md (and its plots); returns its path."""
     root = run.root
     results = run.load_results()
-    methods = results.get("methods", {})
+    methods = with_intervals(results)
     plots = root / "plots"
     lines = [f"# BDC run report: `{root.name}`", ""]
     try:
@@ -165,8 +184,8 @@ def write_report(run: RunDir) -> Path:
         rows = [
             [
                 f"`{m}`",
-                f"{methods[m].get('pass@1', 0):.3f}",
-                f"{methods[m].get('pass_rate', 0):.3f}",
+                ci_text(methods[m].get("pass@1", 0), methods[m].get("pass@1_ci95")),
+                ci_text(methods[m].get("pass_rate", 0), methods[m].get("pass_rate_ci95")),
                 methods[m].get("n"),
                 methods[m].get("completion_tokens"),
                 methods[m].get("wall_s", methods[m].get("generate_s")),
@@ -176,9 +195,26 @@ def write_report(run: RunDir) -> Path:
         lines += [
             "## Methods (test split, greedy, complete tests)",
             "",
-            markdown_table(["method", "pass@1", "pass rate", "n", "tokens", "wall s"], rows),
+            markdown_table(
+                ["method", "pass@1 [95% CI]", "pass rate [95% CI]", "n", "tokens", "wall s"], rows
+            ),  # fmt: skip
+            "",
+            "Intervals: Wilson for pass@1, a bootstrap over problems for the pass rate. With "
+            "a few dozen problems they are wide: rows whose intervals overlap may not differ.",
             "",
         ]
+        versus = paired_rows(results)
+        if versus:
+            lines += [
+                f"### Against `{REFERENCE}` on the problems both ran",
+                "",
+                markdown_table(PAIRED_HEADER, versus),
+                "",
+                "Only it / only ref: problems solved by the method and not by the reference, and "
+                "the reverse; the exact sign test on them is McNemar's. A p below 0.05 and a "
+                "pass-rate interval without 0 mark a difference beyond chance.",
+                "",
+            ]
         same = common_problems_table(results)
         if same:
             lines += [

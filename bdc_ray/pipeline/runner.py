@@ -11,7 +11,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..config import Config
-from ..eval.methods import common_problems_table, format_table
+from ..eval.methods import (
+    REFERENCE,
+    common_problems_table,
+    format_table,
+    paired_table,
+    with_intervals,
+)
 from ..eval.report import write_report
 from ..rundir import RunDir, atomic_write_text
 from . import stages as table
@@ -64,11 +70,16 @@ def summary_text(run: RunDir, timings: dict[str, Any] | None = None) -> str:
     """What `jobs/full.py` prints: the methods table, the table on the problems every method
     ran, one line per method, the stage times and where the results are."""
     results = run.load_results()
-    lines = ["", format_table(results["methods"])]
+    lines = ["", format_table(with_intervals(results))]
     same = common_problems_table(results)
     if same:
         lines += ["", f"the same table on the {len(same[0])} test problems every method ran:"]
         lines.append(same[1])
+    versus = paired_table(results)
+    if versus:
+        lines += ["", f"each method against {REFERENCE} on the problems both ran (a sign test "
+                      "p below 0.05 and an interval without 0 mark a difference beyond chance):",
+                  versus]  # fmt: skip
     for name, m in results["methods"].items():
         lines.append(f"{name} pass@1 = {m['pass@1']:.3f} on {m['n']} test problems")
     if timings:

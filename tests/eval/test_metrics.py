@@ -51,7 +51,9 @@ def test_common_problems_table_recomputes_on_the_shared_problems():
     assert common == ["p1", "p2"]
     lines = table.splitlines()
     # pipeline order (search before adapters), whatever order the methods were recorded in
-    assert lines[2].split()[:4] == ["mcts", "1.000", "1.000", "2"]
-    assert lines[3].split()[:4] == ["a", "0.500", "0.750", "2"]
+    # each with its interval on those 2 problems: Wilson, and the bootstrap of the pass rates
+    assert lines[2].split()[:6] == ["mcts", "1.000", "[0.342,", "1.000]", "1.000", "[1.000,"]
+    assert lines[3].split()[0:2] == ["a", "0.500"] and lines[3].split()[4:6] == ["0.750", "[0.500,"]
+    assert lines[3].split()[-1] == "2"
     del results["methods"]["mcts"]
     assert common_problems_table(results) is None

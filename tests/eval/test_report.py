@@ -50,3 +50,26 @@ def test_results_and_report_name_the_package_versions_of_the_run(tmp_path):
     assert versions["python"].count(".") == 2
     text = write_report(run).read_text()
     assert "## Software" in text and f"ray {metadata.version('ray')}" in text
+
+
+def test_report_rows_carry_intervals_and_a_comparison_with_zero_shot(tmp_path):
+    from bdc_ray.eval.methods import record_answers
+
+    run = RunDir(tmp_path)
+
+    class Score:
+        def __init__(self, ok):
+            self.passed, self.pass_rate = ok, 1.0 if ok else 0.0
+
+    from bdc_ray.data.problems import function_problem
+
+    problems = [function_problem(f"P/{i}", "def f():\n    '''x'''\n", "f",
+                                 "def check(candidate):\n    assert candidate() == 1\n")
+                for i in range(8)]  # fmt: skip
+    for method, solved in (("base_zero_shot", 1), ("full", 7)):
+        record_answers(run, method, problems, ["x"] * 8,
+                       scorer=lambda ps, _, k=solved: [Score(i < k) for i in range(len(ps))])  # fmt: skip
+    text = write_report(run).read_text()
+    assert "| `full` | 0.875 [0.529, 0.978] | 0.875 [" in text
+    assert "### Against `base_zero_shot` on the problems both ran" in text
+    assert "| `full` |" in text and "| full | 8 | 6 / 0 | +0.750 | 0.031 |" in text

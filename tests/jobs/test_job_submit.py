@@ -97,7 +97,7 @@ def test_job_submit_runs_the_zero_shot_job_and_lists_it(head, tmp_path):
     assert "base_zero_shot pass@1 = 0.000 on 2 test problems" in sub.stdout
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["methods"]["base_zero_shot"]["n"] == 2
-    assert "| `base_zero_shot` | 0.000 |" in (run / "report.md").read_text()
+    assert "| `base_zero_shot` | 0.000 [0.000, 0.658] |" in (run / "report.md").read_text()
     listed = _ray("job", "list", "--address", address, env=env)
     assert (
         listed.returncode == 0 and "SUCCEEDED" in listed.stdout and "jobs/full.py" in listed.stdout
