@@ -37,6 +37,7 @@ from .tree import (
     Program,
     backup,
     node_value,
+    path_to,
     prune_children,
     select_child,
 )
@@ -64,6 +65,12 @@ class Stats:
     completion_tokens: int = 0
     executions: int = 0
     repairs: int = 0
+    # what shows the tree search happened: rollouts that selected below the root, backups
+    # and the most levels one updated, and whether a passing program ended the search early
+    selections_below_root: int = 0
+    backups: int = 0
+    deepest_backup: int = 0
+    early_stopped: bool = False
     phase_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -278,6 +285,12 @@ class MCTS:
         return [r for r in await asyncio.gather(*(one(c) for c in targets)) if r is not None]
 
     # ------------------------------------------------------------------ the search
+    def _backup(self, leaf: ChanceNode) -> None:
+        with _Phase(self.stats, "backup"):
+            backup(leaf, leaf.value or 0.0, self.cfg.gamma)
+        self.stats.backups += 1
+        self.stats.deepest_backup = max(self.stats.deepest_backup, len(path_to(leaf)))
+
     def _solved(self) -> bool:
         return any(p.passed for p, _ in self.all_programs)
 
@@ -286,6 +299,7 @@ class MCTS:
         cfg = self.cfg
         for _ in range(cfg.rollouts):
             if cfg.early_stop and self._solved():
+                self.stats.early_stopped = True
                 break
             self.stats.rollouts += 1
             with _Phase(self.stats, "select"):
@@ -295,19 +309,20 @@ class MCTS:
                     if ch is None:
                         break
                     node = ch.child  # type: ignore[assignment]
+            if node.via is not None:
+                self.stats.selections_below_root += 1
             if node.depth >= cfg.max_depth or node.expanded:
                 # a leaf at max depth (or with every child pruned): its value counts again
                 if node.via is None:
                     break
-                with _Phase(self.stats, "backup"):
-                    backup(node.via, node.via.value or 0.0, cfg.gamma)
+                self._backup(node.via)
                 continue
             with _Phase(self.stats, "expand"):
                 new = await self.expand(node)
             if not new:
                 if node.via is None:
                     break
-                backup(node.via, node.via.value or 0.0, cfg.gamma)
+                self._backup(node.via)
                 continue
             with _Phase(self.stats, "simulate"):
                 await asyncio.gather(*(self.simulate(ch) for ch in new))
@@ -320,15 +335,14 @@ class MCTS:
             with _Phase(self.stats, "prune"):
                 self.stats.pruned += len(prune_children(node, refined, cfg.prune_margin))
             new += refined
-            with _Phase(self.stats, "backup"):
-                live = [c for c in new if not c.pruned] or new
-                best = max(live, key=lambda c: (c.value or 0.0, -c.order))
-                for c in new:
-                    if c is not best:  # evaluated once, not a rollout through the ancestors
-                        c.returns.append(c.value or 0.0)
-                        c.visits += 1
-                        node.visits += 1  # P-UCB's N_parent is the sum of its children's n
-                backup(best, best.value or 0.0, cfg.gamma)
+            live = [c for c in new if not c.pruned] or new
+            best = max(live, key=lambda c: (c.value or 0.0, -c.order))
+            for c in new:
+                if c is not best:  # evaluated once, not a rollout through the ancestors
+                    c.returns.append(c.value or 0.0)
+                    c.visits += 1
+                    node.visits += 1  # P-UCB's N_parent is the sum of its children's n
+            self._backup(best)
         return self._result(time.perf_counter() - start)
 
     def _result(self, wall: float) -> TreeResult:

@@ -232,6 +232,17 @@ def write_report(run: RunDir) -> Path:
                      if k in m}  # fmt: skip
             if stats:
                 lines += ["Search (mcts): " + ", ".join(f"{k} {v}" for k, v in stats.items()), ""]
+            per_split = m.get("search")
+            if per_split:
+                keys = list(next(iter(per_split.values())))
+                lines += [
+                    "What the trees did (selections below the root and backups of more than one "
+                    "level show the tree search at work):",
+                    "",
+                    markdown_table(["split", *keys],
+                                   [[s, *(c.get(k) for k in keys)] for s, c in per_split.items()]),
+                    "",
+                ]  # fmt: skip
             if "train_passed_hidden" in m:
                 keep = (config or {}).get("search", {}).get("keep_without_hidden")
                 lines += [

@@ -146,6 +146,22 @@ def write_sft(run: RunDir, train_ids: list[str]) -> tuple[dict[str, list], list[
     return sft, rows
 
 
+_SUMMED = ("rollouts", "selections_below_root", "backups", "nodes", "pruned", "refined",
+           "llm_calls", "executions")  # fmt: skip
+
+
+def search_counts(rows: list[dict]) -> dict[str, int]:
+    """What the trees of one split did: summed counts, the deepest path and backup, and how
+    many trees stopped early on a program passing every public test."""
+    stats = [json.loads(r["stats"]) for r in rows if r.get("stats")]
+    out = {k: sum(s.get(k, 0) for s in stats) for k in _SUMMED}
+    out["deepest_path"] = max((s.get("depth", 0) for s in stats), default=0)
+    out["deepest_backup"] = max((s.get("deepest_backup", 0) for s in stats), default=0)
+    out["early_stops"] = sum(bool(s.get("early_stopped")) for s in stats)
+    out["trees"] = len(rows)
+    return out
+
+
 def _score_mcts(run, problems, ids, pool, sft, train_rows, fp, start) -> dict:
     """Method `mcts`: each test problem's best program on the complete tests, with the
     search's totals."""
@@ -163,6 +179,10 @@ def _score_mcts(run, problems, ids, pool, sft, train_rows, fp, start) -> dict:
     extra = {
         **totals,
         "errors": sum(1 for p in test if rows[p.id]["error"]),
+        "search": {
+            "train": search_counts(train_rows),
+            "test": search_counts([rows[p.id] for p in test]),
+        },  # fmt: skip
         "solved_public": sum(bool(rows[p.id]["solved_public"]) for p in test),
         "sft_examples": {k: len(v) for k, v in sft.items()},
         "train_passed_hidden": sum(bool(r["passed_hidden"]) for r in train_rows),

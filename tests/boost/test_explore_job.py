@@ -54,6 +54,11 @@ def test_explore_writes_traces_and_sft_files_that_load_back_and_resumes(ray_sess
     pipeline.check_sft_against_traces(run)
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["methods"]["mcts"]["n"] == 2 and "nodes" in results["methods"]["mcts"]
+    # two rollouts a tree: every tree's second one selects below the root and backs up
+    for split, trees in (("train", 3), ("test", 2)):
+        counts = results["methods"]["mcts"]["search"][split]
+        assert counts["trees"] == trees and counts["selections_below_root"] >= trees, counts
+        assert counts["backups"] >= 2 * trees and counts["deepest_backup"] >= 2, counts
     assert summary["progress"]["done"] == 5
     # a rerun finds every problem done: nothing is searched again, no trace is rewritten
     mtimes = {n: (run / "traces" / n).stat().st_mtime_ns for n in rows}

@@ -182,6 +182,7 @@ def test_early_stop_when_a_program_passes_every_public_test():
     result = run(llm, SearchConfig(width=1, trials=1, rollouts=16, max_refines=0), agents=(A,))
     assert result.solved_public and result.best_reward == 1.0
     assert result.stats.rollouts == 2 and len(result.best_thoughts) == 2
+    assert result.stats.early_stopped
     cont = run(
         llm,
         SearchConfig(width=1, trials=1, rollouts=5, max_refines=0, early_stop=False),
@@ -338,6 +339,13 @@ def test_the_searchs_own_gamma_and_c_decide_what_is_backed_up_and_which_child_is
     assert lo.child.children[0].returns == [0.8]
     assert_visits_consistent(mcts.root)
     assert mcts.root.visits == 3
+    s = mcts.stats  # the second rollout went below the root; its backup updated two levels
+    assert (s.selections_below_root, s.backups, s.deepest_backup, s.early_stopped) == (
+        1,
+        2,
+        2,
+        False,
+    )
 
 
 def test_reflection_sees_the_failing_program_and_the_feedback_of_its_tests():
