@@ -234,7 +234,8 @@ def test_the_tree_manager_writes_each_trace_into_run_storage_itself(s3, tmp_path
     monkeypatch.setenv("BDC_RAY_CACHE", str(tmp_path / "cache"))
     row = {"problem_id": "HumanEval/0", "error": "", "best_program": "x = 1",
            "best_thoughts": "t", "best_reward": 1.0, "solved_public": True,
-           "passed_hidden": True, "wall_s": 0.5, "stats": {}, "programs": [], "prefs": [],
+           "has_hidden": True, "passed_hidden": True, "passed_public_only": False,
+           "wall_s": 0.5, "stats": {}, "programs": [], "prefs": [],
            "examples": {}, "fingerprint": "fp"}  # fmt: skip
     TreeManager._write(row, "s3://bdc/tm", "train")
     stored = objects("s3://bdc/tm")
