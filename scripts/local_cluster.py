@@ -208,7 +208,9 @@ class LocalCluster:
                 if (n == name or n.endswith(f".{name}"))
                 and (not alive_only or state in ("ALIVE", "RUNNING"))}  # fmt: skip
 
-    def _wait_for(self, ok, what: str, timeout: float = 120) -> None:
+    # on 2 busy cores (CI, a test suite beside it) two worker raylets took over 120 s to
+    # register; nothing is timed here, this only bounds a start that cannot succeed
+    def _wait_for(self, ok, what: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.head is not None and self.head.poll() is not None:
