@@ -339,26 +339,16 @@ def load_parquet(
 def hub_dataset_files(repo: str, pattern: str, revision: str | None = None) -> list[Path]:
     """The dataset files of hub repo `repo` matching `pattern`: downloaded where the network
     allows, else from the local hub cache (only from it under HF_HUB_OFFLINE=1)."""
-    import os
+    from ..hub import first_line, snapshot
 
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    kw = dict(repo_type="dataset", allow_patterns=[pattern], revision=revision)
     try:
-        root = Path(snapshot_download(repo, local_files_only=offline, **kw))
+        root = snapshot(repo, repo_type="dataset", allow_patterns=[pattern], revision=revision)
     except Exception as e:  # noqa: BLE001 - no network, no such repo, refused: many classes
-        try:
-            if offline:
-                raise
-            root = Path(snapshot_download(repo, local_files_only=True, **kw))
-        except Exception:  # noqa: BLE001
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ProblemLoadError(
-                [], f"data.path: dataset {repo!r} is not on the Hugging Face hub or in the "
-                f"local hub cache ({type(e).__name__}: {first}); without network, download it "
-                "elsewhere and use data.source: jsonl"
-            ) from None  # fmt: skip
+        raise ProblemLoadError(
+            [], f"data.path: dataset {repo!r} is not on the Hugging Face hub or in the local hub "
+            f"cache ({first_line(e)}); without network, download it elsewhere and use "
+            "data.source: jsonl"
+        ) from None  # fmt: skip
     files = sorted(p for p in root.glob(pattern) if p.is_file())
     if not files:
         raise ProblemLoadError([], f"data.hub_files: no file of dataset {repo!r} matches "

@@ -39,22 +39,15 @@ def resolve_encoder(spec: str) -> Path:
 
 
 def _from_hub(spec: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from ..hub import first_line, offline, snapshot
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     try:
-        return Path(snapshot_download(spec, local_files_only=offline))
+        return snapshot(spec)
     except Exception as e:  # noqa: BLE001 - no network, no such repo, refused: many classes
-        if not offline:
-            try:  # the network may be gone while the local cache holds it
-                return Path(snapshot_download(spec, local_files_only=True))
-            except Exception:  # noqa: BLE001
-                pass
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        where = "the local hub cache (HF_HUB_OFFLINE is set)" if offline else (
+        where = "the local hub cache (HF_HUB_OFFLINE is set)" if offline() else (
             "the Hugging Face hub or the local hub cache")  # fmt: skip
         raise ValueError(
-            f"cluster.encoder: cannot load {spec!r} from {where}: {first}; use "
+            f"cluster.encoder: cannot load {spec!r} from {where} ({first_line(e)}); use "
             f"{EMBEDDED_ENCODER!r} or a local folder"
         ) from None
 

@@ -162,22 +162,16 @@ def ensure_tiny(seed: int = 0) -> Path:
 
 
 def _from_hub(spec: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from ..hub import first_line, snapshot
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     try:
-        return Path(snapshot_download(spec, local_files_only=offline))
+        return snapshot(spec)
     except Exception as e:  # noqa: BLE001 - hub errors come in many classes
-        if not offline:
-            try:  # the network may be gone: the local hub cache can still hold it
-                return Path(snapshot_download(spec, local_files_only=True))
-            except Exception:  # noqa: BLE001
-                pass
         raise ModelNotFoundError(
             f"model {spec!r} is not an embedded model ({EMBEDDED}, {TINY}), not a local folder, "
             f"and could not be loaded from the Hugging Face hub or its local cache "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine "
-            "without network, download it elsewhere and point `path` at the folder."
+            f"({first_line(e)}). On a machine without network, download it elsewhere and point "
+            "`path` at the folder."
         ) from e
 
 
