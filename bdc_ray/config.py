@@ -31,6 +31,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
+from .llm.precision import fingerprint_name as fingerprint_dtype
+
 
 class ConfigError(ValueError):
     """A configuration a user wrote is wrong; the message names the key and the fix."""
@@ -222,9 +224,15 @@ class ModelConfig(_Strict):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="weight precision; 'auto': bfloat16 on a GPU that supports it, else float32 "
-        "(transformers), or vLLM's choice from the model's config (vllm)",
+        description="weight precision; 'auto': bfloat16 on a GPU that supports it or a CPU with "
+        "AMX-BF16 / AVX512-BF16, else float32 (transformers), or vLLM's choice from the model's "
+        "config (vllm)",
     )
+
+    def dtype_device(self) -> str:
+        """Where this model's `dtype` is resolved (the hash of `auto`, bdc_ray.llm.precision)."""
+        return "cuda" if self.num_gpus > 0 or self.backend == "vllm" else "cpu"
+
     num_threads: int | None = Field(
         None,
         ge=1,
@@ -506,9 +514,16 @@ class ExpertsConfig(_Strict):
         False, description="one GPU per worker and NCCL; false trains on CPUs with gloo"
     )
     resources_per_worker: Resources = _placement("each Ray Train worker")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="bfloat16 turns on DeepSpeed's bf16 mode (GPUs)"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="bfloat16 loads the base model in bf16 and turns on DeepSpeed's bf16 mode; "
+        "'auto': bfloat16 on a GPU that supports it or a CPU with AMX-BF16 / AVX512-BF16, else "
+        "float32",
     )
+
+    def dtype_device(self) -> str:
+        return "cuda" if self.use_gpu else "cpu"
+
     max_concurrent: int = Field(
         4, ge=1, description="experts trained at once; Ray queues workers beyond the cluster"
     )
@@ -606,6 +621,15 @@ class HypernetConfig(_Strict):
     tune: TuneConfig = Field(
         default_factory=TuneConfig, description="the Ray Tune search over these settings"
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="precision of the frozen base model and experts while the hypernetwork "
+        "trains (its own weights stay float32); 'auto': bfloat16 on a GPU that supports it or a "
+        "CPU with AMX-BF16 / AVX512-BF16, else float32",
+    )
+
+    def dtype_device(self) -> str:
+        return "cuda" if self.tune.gpus_per_trial > 0 else "cpu"
 
 
 class ServeConfig(_Strict):
@@ -652,8 +676,12 @@ class ServeConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="weight precision of the served solver; 'auto': bfloat16 on a GPU that "
-        "supports it, float32 on CPU",
+        "supports it or a CPU with AMX-BF16 / AVX512-BF16, else float32",
     )
+
+    def dtype_device(self) -> str:
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask")
     max_body_bytes: int = Field(
         2 * 2**20,
@@ -860,11 +888,15 @@ class Config(_Strict):
 def _hashed(value: Any) -> Any:
     """`value` as JSON data without the fields marked `_NOT_HASHED`, at any depth."""
     if isinstance(value, BaseModel):
-        return {
+        data = {
             name: _hashed(getattr(value, name))
             for name, field in type(value).model_fields.items()
             if (field.json_schema_extra or {}).get("fingerprint", True)
         }
+        if data.get("dtype") == "auto" and hasattr(value, "dtype_device"):
+            # `auto` differs between machines: hash what it means here (bdc_ray.llm.precision)
+            data["dtype"] = fingerprint_dtype("auto", value.dtype_device())
+        return data
     if isinstance(value, dict):
         return {str(k): _hashed(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

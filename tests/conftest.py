@@ -4,6 +4,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `dtype: auto` means bf16 on CPUs with AMX-BF16 / AVX512-BF16: pin float32 so the suite's figures
+# do not depend on CI's cores (tests/llm/test_precision.py checks the choice itself)
+os.environ.setdefault("BDC_RAY_CPU_BF16", "0")
 
 
 def _has_cuda() -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import HypernetConfig
+from ..llm import precision
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ def trial(config: dict, data: TrialData) -> None:
     feats = torch.as_tensor(data.features[keep])
     groups = [data.groups[i] for i in keep]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base_model).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=precision.resolve(s.dtype, device)
+    ).to(device)
     mix = inject_mixture(model, experts, base_model)
     wanted = layer_selection(model.config.num_hidden_layers, s.layers)
     active = [i for i, layer in enumerate(mix.layers) if layer in wanted]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExpertsConfig
+from ..llm import precision
 from ..llm.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,19 @@ def lora_config(experts: ExpertsConfig):
     )
 
 
+def train_device(experts: ExpertsConfig) -> str:
+    import torch
+
+    return "cuda" if experts.use_gpu and torch.cuda.is_available() else "cpu"
+
+
 def build_lora_model(model_path: str, experts: ExpertsConfig, seed: int = 0):
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)  # LoRA A's init: the same expert from the same seed
-    dtype = torch.bfloat16 if experts.dtype == "bfloat16" else torch.float32
+    dtype = precision.resolve(experts.dtype, train_device(experts))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model.config.use_cache = False
     return get_peft_model(model, lora_config(experts))
@@ -189,7 +196,7 @@ def deepspeed_config(experts: ExpertsConfig, world: int) -> dict[str, Any]:
     }
     if experts.grad_clip:
         cfg["gradient_clipping"] = experts.grad_clip
-    if experts.dtype == "bfloat16":
+    if precision.resolve_name(experts.dtype, train_device(experts)) == "bfloat16":
         cfg["bf16"] = {"enabled": True}
     return cfg
 

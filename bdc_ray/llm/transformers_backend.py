@@ -17,11 +17,10 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from . import precision
 from .base import Completion, Prompt, Sampling, row_seeds, truncate_at_stop, validate_prompts
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TransformersBackend:
@@ -44,12 +43,7 @@ class TransformersBackend:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == "auto":
-            # bf16 on GPUs that have it; fp32 on CPU, where bf16 matmuls are slow on most cores
-            use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
-        else:
-            torch_dtype = _DTYPES[dtype]
+        torch_dtype = precision.resolve(dtype, self.device)
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.tokenizer.padding_side = "left"

@@ -111,3 +111,19 @@ def test_deepspeed_expert_learns_and_reloads_with_identical_logits(
     # the plain peft + torch loop over the same data and order takes the same steps
     plain = train_single_process(_spec(tiny_model_path, rows, tmp_path / "plain"), write=False)
     assert plain["history"]["loss"] == pytest.approx(log["history"]["loss"], rel=1e-4)
+
+
+def test_a_bf16_expert_holds_the_float32_losses(tiny_model_path, reference_rows, tmp_path):
+    """DeepSpeed's bf16 mode (what `experts.dtype: auto` picks on bf16 hardware) trains the same
+    expert as float32 within bf16's rounding: each step's loss within 2%."""
+    prepare_torch_extensions()
+    rows = reference_rows[:4]
+    logs = {}
+    for dtype in ("float32", "bfloat16"):
+        spec = _spec(tiny_model_path, rows, tmp_path / dtype, dtype=dtype)
+        training = ExpertTraining(spec)
+        logs[dtype] = training.run()["history"]["loss"]
+        assert next(training.model.parameters()).dtype == getattr(torch, dtype)
+    fp32, bf16 = logs["float32"], logs["bfloat16"]
+    assert len(bf16) == len(fp32) and bf16[-1] < bf16[0] - 0.1, bf16
+    assert bf16 == pytest.approx(fp32, rel=0.02), (fp32, bf16)
