@@ -12,8 +12,10 @@ does the same work. Prints a table, then one JSON line.
 
     python benchmarks/generate.py --compare-dtypes      # float32 vs bfloat16, batch 16
 
-loads the model twice, in float32 and in bfloat16, and runs the same greedy batches through each
-in turn: `bf16_speedup` is the ratio of their median tokens per second; `greedy_equal` the share
+loads the model three times, in float32 (linears packed for oneDNN, the backend's CPU default),
+in float32 with torch's own matmul, and in bfloat16, and runs the same greedy batches through
+each in turn: `bf16_speedup` is the ratio of bfloat16's and float32's median tokens per second,
+`packing_speedup` that of packed and torch-matmul float32; `greedy_equal` the share
 of rows whose text is the same in both, `common_prefix_tokens` the mean length (in float32
 tokens) before a row's texts first differ. It also states this CPU's limit for decoding
 (`cpu_limit_tokens_per_s`): a decode step reads every weight once and does 2 FLOPs per weight
@@ -234,6 +236,10 @@ def compare_dtypes(args) -> dict:
         d: TransformersBackend(path, dtype=d, max_batch_size=batch, device="cpu")
         for d in ("float32", "bfloat16")
     }
+    # the backend packs float32 linears for oneDNN on CPU; torch's own matmul beside it
+    backends["float32_torch_matmul"] = TransformersBackend(
+        path, dtype="float32", max_batch_size=batch, device="cpu", pack_linears=False
+    )
     speeds: dict[str, list[float]] = {d: [] for d in backends}
     texts: dict[str, list[str]] = {}
     for b in backends.values():
@@ -252,14 +258,25 @@ def compare_dtypes(args) -> dict:
     )
     med = {d: statistics.median(v) for d, v in speeds.items()}
     auto = precision.resolve_name("auto", "cpu")
-    limits = {d: cpu_limit(backends[d].model, batch, d) for d in backends}
+    # (the packed model's weights are buffers, not parameters: count the unpacked one's)
+    limits = {
+        "float32": cpu_limit(backends["float32_torch_matmul"].model, batch, "float32"),
+        "bfloat16": cpu_limit(backends["bfloat16"].model, batch, "bfloat16"),
+    }
+    limits["float32_torch_matmul"] = limits["float32"]
+    packed_equal = sum(
+        a == b for a, b in zip(texts["float32"], texts["float32_torch_matmul"], strict=True)
+    )
     print(f"cpu bf16 instructions: {precision.cpu_bf16() or 'none'}; auto means {auto} here")
     print(f"batch {batch}, {args.tokens} greedy tokens a row, {torch.get_num_threads()} threads")
-    print(f"{'dtype':>9} {'tok/s':>8} {'limit':>8} {'of limit':>9}")
+    print(f"{'dtype':>20} {'tok/s':>8} {'limit':>8} {'of limit':>9}")
     for d in backends:
         lim = limits[d]["limit_tokens_per_s"]
-        print(f"{d:>9} {med[d]:>8.1f} {lim:>8.1f} {med[d] / lim:>9.2f}")
-    print(f"greedy texts equal: {equal:.2f} of rows; tokens before they differ: {prefix:.1f}")
+        print(f"{d:>20} {med[d]:>8.1f} {lim:>8.1f} {med[d] / lim:>9.2f}")
+    print(
+        f"bf16 vs float32 greedy texts equal: {equal:.2f} of rows; tokens before they differ: {prefix:.1f}"
+    )
+    print(f"packed vs torch matmul greedy texts equal: {packed_equal} of {batch}")
     result = {
         "bench": "generate_dtypes",
         "batch": batch,
@@ -267,8 +284,11 @@ def compare_dtypes(args) -> dict:
         "cpu_bf16": precision.cpu_bf16(),
         "auto": auto,
         "float32_tokens_per_s": round(med["float32"], 1),
+        "float32_torch_matmul_tokens_per_s": round(med["float32_torch_matmul"], 1),
+        "packing_speedup": round(med["float32"] / med["float32_torch_matmul"], 3),
         "bfloat16_tokens_per_s": round(med["bfloat16"], 1),
         "greedy_equal": round(equal, 3),
+        "packed_greedy_equal": round(packed_equal / batch, 3),
         "common_prefix_tokens": round(prefix, 1),
         "cpu_limit": limits,
         "fraction_of_limit": round(med[auto] / limits[auto]["limit_tokens_per_s"], 3),

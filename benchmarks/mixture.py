@@ -84,7 +84,11 @@ def main() -> None:
     weights = weights.to(torch.float32)  # per request: its weights over the K experts
 
     # (a) and (b): the same backend class; (b) with the mixture injected
-    plain = TransformersBackend(base, dtype=args.dtype, max_batch_size=args.batch)
+    # like for like: the gated backend keeps torch's own linears (the mixture wraps them), so
+    # the base runs without the oneDNN packing here too
+    plain = TransformersBackend(
+        base, dtype=args.dtype, max_batch_size=args.batch, pack_linears=False
+    )
     gated = _GatedBackend(base, dtype=args.dtype, max_batch_size=args.batch)
     gated.mix = inject_mixture(gated.model, experts, base)
     mix = gated.mix
@@ -95,7 +99,9 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    peft_backend = TransformersBackend(base, dtype=args.dtype, max_batch_size=args.batch)
+    peft_backend = TransformersBackend(
+        base, dtype=args.dtype, max_batch_size=args.batch, pack_linears=False
+    )
     pm = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base, dtype=peft_backend.model.dtype),
         str(experts[names[0]]),

@@ -30,6 +30,8 @@ def gate_text(prompt: Prompt) -> str:
 class _GatedBackend(TransformersBackend):
     """The transformers backend whose every micro-batch runs under its rows' gates."""
 
+    pack_cpu_linears = False  # the mixture wraps the base model's nn.Linear layers
+
     mix: MixtureModel
     row_gates: torch.Tensor | None = None
     row_max_tokens: list[int] | None = None

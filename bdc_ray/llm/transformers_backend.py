@@ -28,6 +28,9 @@ class TransformersBackend:
     # chunked prefill (see chunked_prefill): the cost of one more forward pass, in prompt
     # positions; None prefills every batch whole
     prefill_overhead: int | None = 128
+    # float32 linear layers on a CPU run through oneDNN with weights packed once at load
+    # (pack_linears); a subclass that wraps the layers afterwards (the gated mixture) turns it off
+    pack_cpu_linears: bool = True
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class TransformersBackend:
         device: str | None = None,
         num_threads: int | None = None,
         adapter: str | Path | None = None,
+        pack_linears: bool | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,6 +65,10 @@ class TransformersBackend:
         self.model.to(self.device).eval()
         self.max_batch_size = max_batch_size
         self.eos_ids = self._eos_ids()
+        self.packed_linears = 0
+        want = self.pack_cpu_linears if pack_linears is None else pack_linears
+        if want and self.device.type == "cpu" and self.model.dtype == torch.float32:
+            self.packed_linears = pack_linears_for_cpu(self.model, max_batch_size)
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -306,6 +314,45 @@ def chunked_prefill(
     for i, (keys, values) in enumerate(cache):
         merged.update(keys, values, i)
     return merged
+
+
+class PackedLinear(torch.nn.Module):
+    """A float32 linear layer whose weight oneDNN has reordered once into its own blocked layout.
+    torch's default CPU matmul (MKL's sgemm) reaches ~5 GB/s of weights at decode's few rows on
+    AVX2 cores; oneDNN on the packed weight about twice that (the same float32 arithmetic up to
+    summation order: greedy texts stay equal, tested). This is the packing torch.compile's
+    freezing pass does for CPU linears, without compiling the model."""
+
+    def __init__(self, linear: torch.nn.Linear, rows_hint: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            w = linear.weight.detach()
+            self.register_buffer(
+                "packed", torch.ops.mkldnn._reorder_linear_weight(w, rows_hint), persistent=False
+            )
+        self.bias = linear.bias  # the dense weight is dropped unless something else holds it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def pack_linears_for_cpu(model: torch.nn.Module, rows_hint: int) -> int:
+    """Swap every float32 `nn.Linear` of an inference model for a PackedLinear; returns how
+    many. Where this torch has no oneDNN, nothing changes."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32
+    ]
+    for parent, name, child in swaps:
+        setattr(parent, name, PackedLinear(child, rows_hint))
+    return len(swaps)
 
 
 def cache_kwarg(model: Any) -> str:

@@ -35,6 +35,31 @@ def test_batched_greedy_equals_one_by_one_on_the_embedded_model(embedded_model_p
     assert all(c.text.strip() for c in batched)
 
 
+@pytest.mark.real_model
+def test_packed_cpu_linears_give_torchs_greedy_texts_on_the_embedded_model(embedded_model_path):
+    """oneDNN on packed weights (the CPU default) and torch's own matmul: the same greedy texts
+    for HumanEval chats, and every linear layer of the model was packed."""
+    import torch
+
+    from bdc_ray.data import load_humaneval
+    from bdc_ray.llm.prompts import direct_messages
+
+    if torch.cuda.is_available():
+        pytest.skip("packing is for CPU float32")
+    chats = [direct_messages(p) for p in load_humaneval()[:6]]
+    sp = Sampling(max_tokens=32)
+    packed = TransformersBackend(embedded_model_path, dtype="float32", max_batch_size=6)
+    plain = TransformersBackend(
+        embedded_model_path, dtype="float32", max_batch_size=6, pack_linears=False
+    )
+    layers = packed.model.config.num_hidden_layers
+    assert packed.packed_linears == 7 * layers + 1 and plain.packed_linears == 0  # + lm_head
+    assert not any(type(m) is torch.nn.Linear for m in packed.model.modules())
+    assert [c.text for c in packed.generate(chats, sp)] == [
+        c.text for c in plain.generate(chats, sp)
+    ]
+
+
 def test_chat_template_is_applied(tiny_backend):
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     rendered = tiny_backend.render(msgs)
