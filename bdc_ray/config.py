@@ -66,6 +66,15 @@ class _Strict(BaseModel):
 # fingerprints leave it out, so changing it reruns nothing.
 _NOT_HASHED = {"fingerprint": False}
 
+_AUTO_DTYPE = (
+    "'auto': bfloat16 on a GPU that supports it or a CPU with AMX-BF16 / AVX512-BF16, else float32"
+)
+
+
+def _train_dtype(what: str) -> Any:
+    return Field("auto", description=f"{what}; {_AUTO_DTYPE}")
+
+
 # Ray's own resources have fields of their own (num_cpus, num_gpus, ...); `resources` takes
 # only the custom ones a node type advertises (cluster.yaml), which pin a role to that type
 _RAY_BUILTIN = {"cpu", "gpu", "memory", "object_store_memory"}
@@ -514,16 +523,9 @@ class ExpertsConfig(_Strict):
         False, description="one GPU per worker and NCCL; false trains on CPUs with gloo"
     )
     resources_per_worker: Resources = _placement("each Ray Train worker")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
-        description="bfloat16 loads the base model in bf16 and turns on DeepSpeed's bf16 mode; "
-        "'auto': bfloat16 on a GPU that supports it or a CPU with AMX-BF16 / AVX512-BF16, else "
-        "float32",
+    dtype: Literal["auto", "float32", "bfloat16"] = _train_dtype(
+        "bfloat16 loads the base model in bf16 and turns on DeepSpeed's bf16 mode"
     )
-
-    def dtype_device(self) -> str:
-        return "cuda" if self.use_gpu else "cpu"
-
     max_concurrent: int = Field(
         4, ge=1, description="experts trained at once; Ray queues workers beyond the cluster"
     )
@@ -545,6 +547,9 @@ class ExpertsConfig(_Strict):
     merge_density: float = Field(
         0.5, gt=0, le=1, description="kept fraction of each delta's entries for TIES/DARE"
     )
+
+    def dtype_device(self) -> str:
+        return "cuda" if self.use_gpu else "cpu"
 
 
 class TuneConfig(_Strict):
@@ -621,11 +626,9 @@ class HypernetConfig(_Strict):
     tune: TuneConfig = Field(
         default_factory=TuneConfig, description="the Ray Tune search over these settings"
     )
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
-        description="precision of the frozen base model and experts while the hypernetwork "
-        "trains (its own weights stay float32); 'auto': bfloat16 on a GPU that supports it or a "
-        "CPU with AMX-BF16 / AVX512-BF16, else float32",
+    dtype: Literal["auto", "float32", "bfloat16"] = _train_dtype(
+        "precision of the frozen base model and experts while the hypernetwork trains (its own "
+        "weights stay float32)"
     )
 
     def dtype_device(self) -> str:
